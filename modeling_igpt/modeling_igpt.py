@@ -1,0 +1,622 @@
+"""Image GPT (Chen et al., "Generative Pretraining from Pixels", ICML 2020) in modern transformers style.
+
+Parameter names and layouts follow GPT-2 / transformers' ImageGPT (`transformer.wte`, `transformer.h.N.attn.c_attn`,
+Conv1D weights stored [in, out], untied `lm_head` with `vocab_size - 1` outputs), so converted ImageGPT weights map
+key for key. This file is shipped to the Hub next to the weights: it imports only torch, transformers and its sibling.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    ImageClassifierOutput,
+    ModelOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+from transformers.utils import can_return_tuple
+
+from .configuration_igpt import IGPTConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class IGPTNorm(nn.Module):
+    """The paper's layer norm: x / sqrt(mean(x^2) + eps) * g — no mean-centring, no bias (fused `F.rms_norm`)."""
+
+    def __init__(self, config: IGPTConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(config.hidden_size))
+        self.eps = config.layer_norm_eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.eps)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, T, S)
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
+    return attn_output, attn_weights
+
+
+class IGPTAttention(nn.Module):
+    """Multi-head self-attention; causal for the autoregressive objective, bidirectional for BERT."""
+
+    def __init__(self, config: IGPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = config.objective == "autoregressive"
+        self.attention_dropout = config.attention_dropout
+        self.c_attn = Conv1D(3 * config.hidden_size, config.hidden_size)
+        self.c_proj = Conv1D(config.hidden_size, config.hidden_size)
+        self.c_proj.is_residual_projection = True  # init scaled by depth
+        self.resid_dropout = nn.Dropout(config.residual_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, width = hidden_states.shape
+        qkv = self.c_attn(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, nh, S, hs), S = past + T
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch, length, width)  # (B, T, nh * hs)
+        return self.resid_dropout(self.c_proj(attn_output)), attn_weights
+
+
+class IGPTMLP(nn.Module):
+    def __init__(self, config: IGPTConfig):
+        super().__init__()
+        self.c_fc = Conv1D(config.intermediate_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]  # quick_gelu: x * sigmoid(1.702 x)
+        self.c_proj = Conv1D(config.hidden_size, config.intermediate_size)
+        self.c_proj.is_residual_projection = True  # init scaled by depth
+        self.dropout = nn.Dropout(config.residual_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
+
+class IGPTBlock(GradientCheckpointingLayer):
+    """GPT-2 pre-norm block: a = h + attn(norm(h)); h' = a + mlp(norm(a))."""
+
+    def __init__(self, config: IGPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = IGPTNorm(config)
+        self.attn = IGPTAttention(config, layer_idx)
+        self.ln_2 = IGPTNorm(config)
+        self.mlp = IGPTMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_output, attn_weights = self.attn(self.ln_1(hidden_states), attention_mask, cache, **kwargs)
+        hidden_states = hidden_states + attn_output
+        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states, attn_weights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pretrained base and the trunk
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class IGPTPreTrainedModel(PreTrainedModel):
+    config: IGPTConfig
+    config_class = IGPTConfig
+    base_model_prefix = "transformer"
+    main_input_name = "input_ids"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["IGPTBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module: nn.Module):
+        """GPT-2 init (N(0, 0.02)), residual projections scaled by 1/sqrt(2L), token and class logits zero (paper A.1)."""
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, Conv1D):
+            if getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.weight, mean=0.0, std=std)
+            init.zeros_(module.bias)
+        elif isinstance(module, IGPTNorm):
+            init.ones_(module.weight)
+        elif any(module is getattr(self, head, None) for head in ("lm_head", "score")):
+            init.zeros_(module.weight)
+
+
+class IGPTModel(IGPTPreTrainedModel):
+    """The trunk: token + position embeddings, L pre-norm blocks, final norm `ln_f`.
+
+    `hidden_states[l]` (with `output_hidden_states=True`) is h^l for l < L and the final normed n^L for l = L, as in
+    transformers' ImageGPT. `get_image_features` returns the paper's probe features f^l = mean_i norm(h^l_i).
+    """
+
+    def __init__(self, config: IGPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.drop = nn.Dropout(config.embedding_dropout)
+        self.h = nn.ModuleList([IGPTBlock(config, layer_idx=i) for i in range(config.num_hidden_layers)])
+        self.ln_f = IGPTNorm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding):
+        self.wte = new_embeddings
+
+    def _check_inputs(self, input_ids: torch.Tensor | None, length: int, past_length: int):
+        if past_length + length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence too long: {past_length + length} tokens (cached {past_length} + new {length}) but the model "
+                f"has {self.config.max_position_embeddings} positions (max_position_embeddings)."
+            )
+        if input_ids is None or torch.compiler.is_compiling():
+            return
+        if input_ids.is_floating_point():
+            raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.numel():
+            low, high = torch.aminmax(input_ids)
+            low, high = int(low), int(high)
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"Token id {bad} is out of range: the vocabulary has ids 0..{self.config.vocab_size - 1} "
+                    f"({self.config.vocab_size - 1} clusters + the start token {self.config.vocab_size - 1})."
+                )
+
+    def embed(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        past_length: int = 0,
+    ) -> torch.Tensor:
+        """h^0 = token embedding (zeroed at BERT-masked positions) + position embedding. Returns (B, T, d)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        self._check_inputs(input_ids, length, past_length)
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, d)
+        if bool_masked_pos is not None:
+            if bool_masked_pos.shape != inputs_embeds.shape[:2]:
+                raise ValueError(
+                    f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}, expected {tuple(inputs_embeds.shape[:2])}"
+                )
+            inputs_embeds = inputs_embeds * (~bool_masked_pos.bool()).unsqueeze(-1).to(inputs_embeds.dtype)
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device).unsqueeze(0)
+        return self.drop(inputs_embeds + self.wpe(position_ids))
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        r"""
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            BERT mask M: the token embeddings of these positions are zeroed.
+        """
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        causal = self.config.objective == "autoregressive"
+        use_cache = causal and (self.config.use_cache if use_cache is None else use_cache)
+        if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+
+        hidden_states = self.embed(input_ids, inputs_embeds, position_ids, bool_masked_pos, past_length)  # (B, T, d)
+        if causal:
+            attention_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=hidden_states,
+                attention_mask=attention_mask,
+                cache=cache,
+                position_ids=position_ids,
+            )
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in self.h:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, attn_weights = block(hidden_states, attention_mask, cache, **kwargs)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        hidden_states = self.ln_f(hidden_states)  # n^L
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            cache=cache if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+    def _layer_index(self, layer: int) -> int:
+        depth = self.config.num_hidden_layers
+        if not -(depth + 1) <= layer <= depth:
+            raise ValueError(f"Layer {layer} does not exist: the model has hidden states 0..{depth} (or -{depth + 1}..-1)")
+        return layer % (depth + 1)
+
+    def normed_hidden_state(self, hidden_state: torch.Tensor, layer: int) -> torch.Tensor:
+        """n^l: h^l through the norm that reads it — block l's `ln_1`, or `ln_f` (already applied) for l = L."""
+        layer = self._layer_index(layer)
+        return hidden_state if layer == self.config.num_hidden_layers else self.h[layer].ln_1(hidden_state)
+
+    def get_image_features(
+        self,
+        input_ids: torch.LongTensor,
+        layers: int | list[int] = -1,
+        concat: bool = True,
+        bool_masked_pos: torch.BoolTensor | None = None,
+    ) -> torch.Tensor:
+        """Probe features f^l = mean_i n^l_i (paper Section 2.4) for one layer or several.
+
+        Runs the trunk only as deep as the deepest requested layer. Returns (B, d) for one layer, (B, k*d) for k layers
+        with `concat=True`, else (B, k, d).
+        """
+        wanted = [self._layer_index(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
+        if not wanted:
+            raise ValueError("layers must name at least one hidden state")
+        causal_mask = None
+        hidden_states = self.embed(input_ids, bool_masked_pos=bool_masked_pos)  # h^0: (B, T, d)
+        if self.config.objective == "autoregressive":
+            causal_mask = create_causal_mask(
+                config=self.config, inputs_embeds=hidden_states, attention_mask=None, cache=None
+            )
+        features = {}
+        for layer in range(max(wanted) + 1):
+            if layer == self.config.num_hidden_layers:
+                features[layer] = self.ln_f(hidden_states).mean(dim=1)
+                break
+            if layer in wanted:
+                features[layer] = self.h[layer].ln_1(hidden_states).mean(dim=1)  # (B, d)
+            hidden_states, _ = self.h[layer](hidden_states, causal_mask, None)
+        stacked = torch.stack([features[layer] for layer in wanted], dim=1)  # (B, k, d)
+        if isinstance(layers, int):
+            return stacked[:, 0]
+        return stacked.flatten(1) if concat else stacked
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Heads
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def random_bert_mask(
+    shape: tuple[int, int], probability: float, device: torch.device, generator: torch.Generator | None = None
+) -> torch.BoolTensor:
+    """The BERT mask M: each position independently with `probability` (paper Section 2.1)."""
+    return torch.rand(shape, device=device, generator=generator) < probability
+
+
+def _check_pixel_labels(labels: torch.Tensor, num_classes: int):
+    if torch.compiler.is_compiling():
+        return
+    valid = labels[labels != -100]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
+        bad = int(valid.min()) if int(valid.min()) < 0 else int(valid.max())
+        raise ValueError(
+            f"Label {bad} is out of range: the output head predicts clusters 0..{num_classes - 1} "
+            "(use -100 to ignore a position; the start token is never a target)."
+        )
+
+
+class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
+    """Autoregressive next-pixel prediction (L_AR) with an untied head over the `vocab_size - 1` clusters.
+
+    `labels` follow the transformers convention (shifted inside). To predict every pixel of an image with
+    `max_position_embeddings` positions, feed `input_ids = [start, x_1 .. x_{N-1}]` and pass
+    `labels = [-100, x_1 .. x_N]`, one longer than `input_ids`: the label after the last input is used too.
+    """
+
+    def __init__(self, config: IGPTConfig):
+        super().__init__(config)
+        self.transformer = IGPTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size - 1, bias=False)
+        self.loss_type = "ForCausalLM"
+        self.post_init()
+        if config.objective != "autoregressive":
+            raise ValueError("IGPTForCausalImageModeling needs objective='autoregressive'; use IGPTForMaskedImageModeling")
+        # `generate()` with no prompt starts from the start token and, by default, draws a whole image.
+        self.generation_config.max_length = config.max_position_embeddings + 1
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)  # (B, T, vocab - 1)
+
+        loss = None
+        if labels is not None:
+            loss = self.autoregressive_loss(logits, labels, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def autoregressive_loss(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Next-token cross entropy; `labels` of length T (shifted inside) or T + 1 (the token after the last too)."""
+        length = logits.shape[1]
+        if labels.shape[1] not in (length, length + 1):
+            raise ValueError(f"labels have length {labels.shape[1]}; expected {length} or {length + 1} for {length} inputs")
+        shift_labels = F.pad(labels, (0, length + 1 - labels.shape[1]), value=-100)[:, 1:]  # (B, T): target of t
+        _check_pixel_labels(shift_labels, self.config.vocab_size - 1)
+        kwargs.pop("shift_labels", None)
+        return self.loss_function(
+            logits, None, vocab_size=self.config.vocab_size - 1, shift_labels=shift_labels.contiguous(), **kwargs
+        )
+
+
+@dataclass
+class IGPTMaskedImageModelingOutput(ModelOutput):
+    """BERT outputs: the loss over masked positions, per-position logits and the mask M that was used."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class IGPTForMaskedImageModeling(IGPTPreTrainedModel):
+    """BERT objective (L_BERT): predict the pixels at masked positions from the unmasked ones, no attention mask."""
+
+    def __init__(self, config: IGPTConfig):
+        super().__init__(config)
+        self.transformer = IGPTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size - 1, bias=False)
+        self.loss_type = "ForMaskedLM"
+        self.post_init()
+        if config.objective != "bert":
+            raise ValueError("IGPTForMaskedImageModeling needs objective='bert'; use IGPTForCausalImageModeling")
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> IGPTMaskedImageModelingOutput:
+        r"""
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            The BERT mask M. Drawn with `config.mask_probability` when not given (in training and evaluation alike,
+            as in the paper).
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            The pixel tokens; the loss counts masked positions only.
+        """
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if bool_masked_pos is None:
+            bool_masked_pos = random_bert_mask(reference.shape[:2], self.config.mask_probability, reference.device)
+        outputs = self.transformer(input_ids, inputs_embeds=inputs_embeds, bool_masked_pos=bool_masked_pos, **kwargs)
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, vocab - 1)
+
+        loss = None
+        if labels is not None:
+            masked_labels = labels.masked_fill(~bool_masked_pos.bool(), -100)
+            _check_pixel_labels(masked_labels, self.config.vocab_size - 1)
+            loss = self.loss_function(logits, masked_labels, vocab_size=self.config.vocab_size - 1, **kwargs)
+        return IGPTMaskedImageModelingOutput(
+            loss=loss,
+            logits=logits,
+            bool_masked_pos=bool_masked_pos,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class IGPTForImageClassification(IGPTPreTrainedModel):
+    """Fine-tuning (paper Section 2.3): a zero-initialised linear head on f^l, loss L_clf + w * L_gen.
+
+    L_gen is the checkpoint's own objective (autoregressive, or BERT on a random mask), computed on `input_ids` with
+    the untied `lm_head` the pretrained checkpoint brings. BERT models see masked inputs at evaluation too; use
+    `predict_with_mask_ensemble` for the paper's 5-mask modal prediction.
+    """
+
+    accepts_loss_kwargs = True
+
+    def __init__(self, config: IGPTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = IGPTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size - 1, bias=False)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.loss_type = "ForImageClassification"
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        output_hidden_states: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            BERT models only: the mask M (drawn with `config.mask_probability` when not given).
+        """
+        bert = self.config.objective == "bert"
+        if bert and bool_masked_pos is None:
+            bool_masked_pos = random_bert_mask(input_ids.shape, self.config.mask_probability, input_ids.device)
+        layer = self.transformer._layer_index(self.config.classifier_pooled_layer)
+        pool_last = layer == self.config.num_hidden_layers
+        outputs = self.transformer(
+            input_ids,
+            bool_masked_pos=bool_masked_pos if bert else None,
+            output_hidden_states=output_hidden_states or not pool_last,
+            use_cache=False,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state if pool_last else outputs.hidden_states[layer]
+        features = self.transformer.normed_hidden_state(hidden, layer).mean(dim=1)  # f^l: (B, d)
+        logits = self.score(features)  # (B, num_labels)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, num_items_in_batch=num_items_in_batch)
+            if self.config.generative_loss_weight > 0:
+                gen_loss = self.generative_loss(outputs.last_hidden_state, input_ids, bool_masked_pos)
+                if num_items_in_batch is not None:  # Trainer normalises by examples across accumulation steps
+                    gen_loss = gen_loss * input_ids.shape[0] / num_items_in_batch
+                loss = loss + self.config.generative_loss_weight * gen_loss
+        return ImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+
+    def generative_loss(
+        self, last_hidden_state: torch.Tensor, input_ids: torch.LongTensor, bool_masked_pos: torch.BoolTensor | None
+    ) -> torch.Tensor:
+        """L_gen on the classifier's own inputs: next-pixel (AR) or masked-pixel (BERT) cross entropy, mean per token."""
+        logits = self.lm_head(last_hidden_state).float()  # (B, T, vocab - 1)
+        targets = input_ids.masked_fill(input_ids == self.config.start_token_id, -100)
+        if self.config.objective == "bert":
+            targets = targets.masked_fill(~bool_masked_pos, -100)
+        else:
+            logits, targets = logits[:, :-1], targets[:, 1:]  # tokens < t predict t
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+    @torch.no_grad()
+    def predict_with_mask_ensemble(
+        self, input_ids: torch.LongTensor, num_masks: int = 5, generator: torch.Generator | None = None
+    ) -> torch.LongTensor:
+        """BERT evaluation (paper Section 4.4): classify under `num_masks` random masks, return the modal class (B,)."""
+        if self.config.objective != "bert":
+            return self(input_ids).logits.argmax(-1)
+        votes = torch.stack(
+            [
+                self(
+                    input_ids,
+                    bool_masked_pos=random_bert_mask(
+                        input_ids.shape, self.config.mask_probability, input_ids.device, generator
+                    ),
+                ).logits.argmax(-1)
+                for _ in range(num_masks)
+            ]
+        )  # (num_masks, B)
+        return torch.mode(votes, dim=0).values
+
+
+__all__ = [
+    "IGPTPreTrainedModel",
+    "IGPTModel",
+    "IGPTForCausalImageModeling",
+    "IGPTForMaskedImageModeling",
+    "IGPTForImageClassification",
+    "IGPTMaskedImageModelingOutput",
+    "random_bert_mask",
+]
