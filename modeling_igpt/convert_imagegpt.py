@@ -1,0 +1,144 @@
+"""Convert transformers ImageGPT checkpoints to IGPT and back.
+
+    python -m modeling_igpt.convert_imagegpt SRC DST            # ImageGPT folder (e.g. openai/imagegpt-small) -> IGPT
+    python -m modeling_igpt.convert_imagegpt SRC DST --reverse  # IGPT folder -> ImageGPT
+
+Both families use GPT-2 parameter names and Conv1D [in, out] layouts, so weights copy key for key; only the config
+fields are renamed. The palette (`clusters` in [-1, 1]) travels with the image processor.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import (
+    ImageGPTConfig,
+    ImageGPTForCausalImageModeling,
+    ImageGPTForImageClassification,
+    ImageGPTImageProcessorPil,
+    ImageGPTModel,
+)
+
+from .configuration_igpt import IGPTConfig
+from .modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification, IGPTModel
+
+
+# (ImageGPT class, IGPT class) pairs, matched on the source's `architectures`.
+CLASS_PAIRS = {
+    "ImageGPTForCausalImageModeling": (ImageGPTForCausalImageModeling, IGPTForCausalImageModeling),
+    "ImageGPTForImageClassification": (ImageGPTForImageClassification, IGPTForImageClassification),
+    "ImageGPTModel": (ImageGPTModel, IGPTModel),
+}
+# ImageGPT config field -> IGPT config field.
+RENAMED_FIELDS = {
+    "vocab_size": "vocab_size",
+    "n_positions": "max_position_embeddings",
+    "n_embd": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_inner": "intermediate_size",
+    "activation_function": "hidden_act",
+    "layer_norm_epsilon": "layer_norm_eps",
+    "initializer_range": "initializer_range",
+    "embd_pdrop": "embedding_dropout",
+    "attn_pdrop": "attention_dropout",
+    "resid_pdrop": "residual_dropout",
+}
+SHARED_FIELDS = ("id2label", "label2id", "problem_type")
+
+
+def imagegpt_to_igpt_config(source: ImageGPTConfig) -> IGPTConfig:
+    unsupported = [flag for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention") if getattr(source, flag)]
+    if not source.scale_attn_weights:
+        unsupported.append("scale_attn_weights=False")
+    if unsupported:
+        raise ValueError(f"Cannot convert an ImageGPT config with {unsupported}: IGPT implements the paper's attention only")
+    fields = {new: getattr(source, old) for old, new in RENAMED_FIELDS.items()}
+    fields.update({name: getattr(source, name) for name in SHARED_FIELDS if getattr(source, name, None) is not None})
+    return IGPTConfig(objective="autoregressive", **fields)
+
+
+def igpt_to_imagegpt_config(source: IGPTConfig) -> ImageGPTConfig:
+    if source.objective != "autoregressive":
+        raise ValueError("transformers' ImageGPT is autoregressive only: a BERT checkpoint has no ImageGPT equivalent")
+    fields = {old: getattr(source, new) for old, new in RENAMED_FIELDS.items()}
+    fields.update({name: getattr(source, name) for name in SHARED_FIELDS if getattr(source, name, None) is not None})
+    return ImageGPTConfig(**fields)
+
+
+def _copy_weights(source: torch.nn.Module, target: torch.nn.Module):
+    """Load `source`'s parameters into `target` by name; heads the source lacks keep the target's (zero) init."""
+    weights = {name: tensor for name, tensor in source.state_dict().items() if not name.endswith((".attn.bias", ".attn.masked_bias"))}
+    missing, unexpected = target.load_state_dict(weights, strict=False)
+    allowed_missing = {"lm_head.weight"}  # an ImageGPT classifier has no generative head
+    if unexpected or set(missing) - allowed_missing:
+        raise ValueError(f"Weights do not match: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+
+
+def _architecture(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    architectures = config.get("architectures") or ["ImageGPTForCausalImageModeling"]
+    name = architectures[0].replace("IGPT", "ImageGPT")
+    if name not in CLASS_PAIRS:
+        raise ValueError(f"Unsupported architecture {architectures[0]!r}; expected one of {sorted(CLASS_PAIRS)}")
+    return name
+
+
+def _load_clusters(folder: Path):
+    path = folder / "preprocessor_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} has no preprocessor_config.json: the palette (clusters) is needed to convert")
+    processor = json.loads(path.read_text())
+    if "clusters" not in processor:
+        raise ValueError(f"{path} has no 'clusters' entry")
+    return processor
+
+
+def convert_imagegpt_to_igpt(source_dir: str | os.PathLike, target_dir: str | os.PathLike):
+    """ImageGPT folder (config, weights, preprocessor_config.json) -> IGPT folder (model + IGPTImageProcessor)."""
+    from image_processing import IGPTImageProcessor
+
+    source_dir, target_dir = Path(source_dir), Path(target_dir)
+    processor = _load_clusters(source_dir)
+    source_class, target_class = CLASS_PAIRS[_architecture(source_dir)]
+    source = source_class.from_pretrained(source_dir, attn_implementation="eager").eval()
+    target = target_class(imagegpt_to_igpt_config(source.config)).eval()
+    _copy_weights(source, target)
+    clusters = processor["clusters"]
+    if len(clusters) != target.config.vocab_size - 1:
+        raise ValueError(
+            f"The palette has {len(clusters)} clusters but the model's vocabulary expects {target.config.vocab_size - 1}"
+        )
+    target.save_pretrained(target_dir)
+    IGPTImageProcessor(clusters=clusters, size=processor.get("size")).save_pretrained(target_dir)
+    return target
+
+
+def convert_igpt_to_imagegpt(source_dir: str | os.PathLike, target_dir: str | os.PathLike):
+    """IGPT folder -> ImageGPT folder (model + transformers' ImageGPTImageProcessor with the same palette)."""
+    source_dir, target_dir = Path(source_dir), Path(target_dir)
+    processor = _load_clusters(source_dir)
+    target_class, source_class = CLASS_PAIRS[_architecture(source_dir)]
+    source = source_class.from_pretrained(source_dir).eval()
+    target = target_class(igpt_to_imagegpt_config(source.config)).eval()
+    _copy_weights(source, target)
+    target.save_pretrained(target_dir)
+    ImageGPTImageProcessorPil(clusters=processor["clusters"], size=processor.get("size")).save_pretrained(target_dir)
+    return target
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="folder with config.json, weights and preprocessor_config.json")
+    parser.add_argument("target", help="output folder")
+    parser.add_argument("--reverse", action="store_true", help="convert IGPT -> transformers ImageGPT")
+    args = parser.parse_args(argv)
+    convert = convert_igpt_to_imagegpt if args.reverse else convert_imagegpt_to_igpt
+    model = convert(args.source, args.target)
+    print(f"Wrote {type(model).__name__} ({model.num_parameters():,} parameters) to {args.target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""Core model: parity with transformers' ImageGPT, objectives, cache, features, Trainer, bad input."""
+
+import math
+
+import pytest
+import torch
+from transformers import (
+    ImageGPTConfig,
+    ImageGPTForCausalImageModeling,
+    ImageGPTForImageClassification,
+    StaticCache,
+    Trainer,
+    TrainingArguments,
+)
+
+from modeling_igpt import (
+    IGPTConfig,
+    IGPTForCausalImageModeling,
+    IGPTForImageClassification,
+    IGPTForMaskedImageModeling,
+    IGPTModel,
+)
+from modeling_igpt.convert_imagegpt import _copy_weights, imagegpt_to_igpt_config
+
+
+CLUSTERS = 16
+VOCAB = CLUSTERS + 1
+START = CLUSTERS
+POSITIONS = 36
+
+
+def tiny_config(**overrides) -> IGPTConfig:
+    fields = dict(
+        vocab_size=VOCAB, max_position_embeddings=POSITIONS, hidden_size=32, num_hidden_layers=3, num_attention_heads=4
+    )
+    return IGPTConfig(**{**fields, **overrides})
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights everywhere (paper init zeroes the heads, which would hide head bugs)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + (1.0 if param.ndim == 1 else 0.0))
+    return model.eval()
+
+
+def pixels(batch: int = 2, length: int = POSITIONS, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, CLUSTERS, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def with_start(tokens: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.full((tokens.shape[0], 1), START), tokens[:, :-1]], dim=1)
+
+
+def imagegpt_pair(attn_implementation: str, head: str = "causal"):
+    source_class, target_class = {
+        "causal": (ImageGPTForCausalImageModeling, IGPTForCausalImageModeling),
+        "classify": (ImageGPTForImageClassification, IGPTForImageClassification),
+    }[head]
+    config = ImageGPTConfig(
+        vocab_size=VOCAB, n_positions=POSITIONS, n_embd=32, n_layer=3, n_head=4, num_labels=5,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    reference = randomize(source_class(config))
+    ours = target_class._from_config(imagegpt_to_igpt_config(reference.config), attn_implementation=attn_implementation)
+    _copy_weights(reference, ours)
+    return reference.eval(), ours.eval()
+
+
+def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5):
+    scale = expected.abs().max().clamp_min(1e-12)
+    assert ((actual - expected).abs().max() / scale).item() <= rtol
+
+
+# --- Parity with transformers' ImageGPT --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_causal_logits_and_hidden_states_match_imagegpt(attn_implementation):
+    reference, ours = imagegpt_pair(attn_implementation)
+    tokens = with_start(pixels())
+    with torch.no_grad():
+        expected = reference(tokens, output_hidden_states=True)
+        actual = ours(tokens, output_hidden_states=True)
+    assert actual.logits.shape == (2, POSITIONS, CLUSTERS)
+    assert_close_relative(actual.logits, expected.logits)
+    assert len(actual.hidden_states) == len(expected.hidden_states) == 4
+    for ours_state, reference_state in zip(actual.hidden_states, expected.hidden_states):
+        assert_close_relative(ours_state, reference_state)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_classifier_logits_match_imagegpt(attn_implementation):
+    reference, ours = imagegpt_pair(attn_implementation, head="classify")
+    tokens = pixels()
+    with torch.no_grad():
+        assert_close_relative(ours(tokens).logits, reference(tokens).logits)
+
+
+def test_greedy_generate_matches_imagegpt_and_uncached_loop():
+    reference, ours = imagegpt_pair("sdpa")
+    prompt = torch.full((3, 1), START)
+    generated = ours.generate(prompt, max_new_tokens=POSITIONS, do_sample=False)
+    expected = reference.generate(prompt, max_new_tokens=POSITIONS, do_sample=False)
+    assert generated.shape == (3, POSITIONS + 1)
+    assert torch.equal(generated, expected)
+    # A loop without cache, re-reading the whole sequence each step (nanoGPT's generate).
+    sequence = prompt
+    with torch.no_grad():
+        for _ in range(POSITIONS):
+            next_token = ours(sequence, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            sequence = torch.cat([sequence, next_token], dim=1)
+    assert torch.equal(generated, sequence)
+
+
+def test_unconditional_generate_starts_from_start_token_and_fills_the_image():
+    _, ours = imagegpt_pair("sdpa")
+    samples = ours.generate(do_sample=True, top_k=5, temperature=0.9, num_return_sequences=2)
+    assert samples.shape == (2, POSITIONS + 1)
+    assert (samples[:, 0] == START).all() and (samples[:, 1:] < CLUSTERS).all()
+
+
+def test_image_completion_keeps_the_prefix():
+    _, ours = imagegpt_pair("sdpa")
+    prefix = with_start(pixels(batch=2))[:, : POSITIONS // 2]
+    completed = ours.generate(prefix, max_new_tokens=POSITIONS - prefix.shape[1] + 1, do_sample=True, top_p=0.9)
+    assert completed.shape == (2, POSITIONS + 1)
+    assert torch.equal(completed[:, : prefix.shape[1]], prefix)
+
+
+def test_cached_and_uncached_logits_agree():
+    _, ours = imagegpt_pair("sdpa")
+    tokens = with_start(pixels())
+    with torch.no_grad():
+        full = ours(tokens, use_cache=False).logits
+        first = ours(tokens[:, :20], use_cache=True)
+        rest = ours(tokens[:, 20:], cache=first.cache, use_cache=True).logits
+    assert_close_relative(torch.cat([first.logits, rest], dim=1), full)
+
+
+def test_static_cache_generate_matches_dynamic():
+    _, ours = imagegpt_pair("sdpa")
+    prompt = torch.full((2, 1), START)
+    dynamic = ours.generate(prompt, max_new_tokens=12, do_sample=False)
+    static = ours.generate(prompt, max_new_tokens=12, do_sample=False, cache_implementation="static")
+    assert torch.equal(dynamic, static)
+    cache = StaticCache(config=ours.config, max_cache_len=POSITIONS)
+    with torch.no_grad():
+        stepwise = ours(prompt, cache=cache, use_cache=True).logits
+    assert_close_relative(stepwise, ours(prompt, use_cache=False).logits)
+
+
+# --- Objectives --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_autoregressive_model_leaks_nothing_from_the_future(attn_implementation):
+    model = randomize(IGPTModel._from_config(tiny_config(), attn_implementation=attn_implementation))
+    tokens = pixels()
+    changed = tokens.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % CLUSTERS
+    with torch.no_grad():
+        before, after = model(tokens).last_hidden_state, model(changed).last_hidden_state
+    assert torch.allclose(before[:, :20], after[:, :20], atol=1e-6)
+    assert not torch.allclose(before[:, 20:], after[:, 20:], atol=1e-3)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_bert_model_sees_both_sides(attn_implementation):
+    model = randomize(IGPTModel._from_config(tiny_config(objective="bert"), attn_implementation=attn_implementation))
+    tokens = pixels()
+    changed = tokens.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % CLUSTERS
+    with torch.no_grad():
+        before, after = model(tokens).last_hidden_state, model(changed).last_hidden_state
+    assert not torch.allclose(before[:, :20], after[:, :20], atol=1e-3)
+
+
+def test_masked_token_embeddings_are_zero():
+    model = randomize(IGPTModel(tiny_config(objective="bert")))
+    tokens = pixels()
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, ::3] = True
+    with torch.no_grad():
+        embedded = model.embed(tokens, bool_masked_pos=mask)
+        positions = model.wpe.weight[:POSITIONS].expand_as(embedded)
+    assert torch.equal(embedded[mask], positions[mask])
+    assert not torch.allclose(embedded[~mask], positions[~mask])
+    # Masked content cannot reach the output: changing the pixels under the mask changes nothing.
+    changed = torch.where(mask, (tokens + 1) % CLUSTERS, tokens)
+    with torch.no_grad():
+        assert torch.equal(model(tokens, bool_masked_pos=mask)[0], model(changed, bool_masked_pos=mask)[0])
+
+
+def test_bert_loss_counts_masked_positions_only():
+    model = randomize(IGPTForMaskedImageModeling(tiny_config(objective="bert")))
+    tokens = pixels()
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, 5] = True
+    output = model(tokens, bool_masked_pos=mask, labels=tokens)
+    expected = torch.nn.functional.cross_entropy(output.logits[:, 5], tokens[:, 5])
+    assert torch.allclose(output.loss, expected, atol=1e-6)
+    drawn = model(tokens, labels=tokens).bool_masked_pos  # drawn with p = 0.15 when not given
+    assert 0 < drawn.float().mean() < 0.5
+
+
+def test_autoregressive_loss_with_one_longer_labels_predicts_every_pixel():
+    model = randomize(IGPTForCausalImageModeling(tiny_config()))
+    image = pixels()
+    inputs = with_start(image)
+    labels = torch.cat([torch.full((2, 1), -100), image], dim=1)  # [-100, x_1 .. x_N]
+    output = model(inputs, labels=labels)
+    expected = torch.nn.functional.cross_entropy(output.logits.reshape(-1, CLUSTERS), image.reshape(-1))
+    assert torch.allclose(output.loss, expected, atol=1e-6)
+
+
+# --- Features and classification ---------------------------------------------------------------------------------------
+
+
+def test_probe_features_are_mean_of_normed_hidden_states():
+    model = randomize(IGPTModel(tiny_config()))
+    tokens = pixels()
+    with torch.no_grad():
+        states = model(tokens, output_hidden_states=True).hidden_states
+        features = model.get_image_features(tokens, layers=[1, 3], concat=False)
+        middle = model.get_image_features(tokens, layers=1)
+    expected_1 = model.h[1].ln_1(states[1]).mean(1)
+    assert torch.allclose(features[:, 0], expected_1, atol=1e-6)
+    assert torch.allclose(features[:, 1], states[3].mean(1), atol=1e-6)  # n^L = ln_f(h^L)
+    assert torch.allclose(middle, expected_1, atol=1e-6)
+    assert model.get_image_features(tokens, layers=[0, 1, 2]).shape == (2, 96)
+
+
+def test_classifier_pools_the_configured_layer_and_joint_loss_adds_generation():
+    config = tiny_config(num_labels=3, classifier_pooled_layer=2, generative_loss_weight=0.0)
+    model = randomize(IGPTForImageClassification(config))
+    tokens, labels = with_start(pixels()), torch.tensor([0, 2])
+    features = model.transformer.get_image_features(tokens, layers=2)
+    output = model(tokens, labels=labels)
+    assert torch.allclose(output.logits, model.score(features), atol=1e-6)
+    clf_only = output.loss
+    model.config.generative_loss_weight = 1.0
+    joint = model(tokens, labels=labels).loss
+    lm_logits = model.lm_head(model.transformer(tokens).last_hidden_state)
+    gen = torch.nn.functional.cross_entropy(lm_logits[:, :-1].reshape(-1, CLUSTERS), tokens[:, 1:].reshape(-1))
+    assert torch.allclose(joint, clf_only + gen, atol=1e-5)
+
+
+def test_bert_classifier_mask_ensemble():
+    model = randomize(IGPTForImageClassification(tiny_config(objective="bert", num_labels=4)))
+    tokens = pixels(batch=6)
+    predictions = model.predict_with_mask_ensemble(tokens, num_masks=5, generator=torch.Generator().manual_seed(0))
+    assert predictions.shape == (6,) and predictions.dtype == torch.long
+    assert ((predictions >= 0) & (predictions < 4)).all()
+
+
+def test_paper_initialisation():
+    model = IGPTForImageClassification(tiny_config(num_labels=3, num_hidden_layers=8))
+    assert model.lm_head.weight.abs().sum() == 0 and model.score.weight.abs().sum() == 0
+    residual_std = torch.cat([b.attn.c_proj.weight.flatten() for b in model.transformer.h]).std()
+    other_std = torch.cat([b.attn.c_attn.weight.flatten() for b in model.transformer.h]).std()
+    assert abs(residual_std - 0.02 / math.sqrt(16)) < 1e-3 and abs(other_std - 0.02) < 1e-3
+    assert all((b.ln_1.weight == 1).all() for b in model.transformer.h)
+
+
+@pytest.mark.parametrize("size, expected", [("s", 76e6), ("m", 455e6), ("l", 1.4e9)])
+def test_paper_presets(size, expected):
+    config = IGPTConfig.from_paper(size)
+    with torch.device("meta"):
+        count = IGPTForCausalImageModeling(config).num_parameters()
+    assert abs(count - expected) / expected < 0.03
+    assert IGPTConfig.from_paper(size, image_size=48).max_position_embeddings == 2304
+
+
+# --- Training --------------------------------------------------------------------------------------------------------
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    def __init__(self, count: int):
+        # Learnable structure: each image is one colour with a few noisy pixels.
+        generator = torch.Generator().manual_seed(1)
+        colours = torch.randint(0, CLUSTERS, (count, 1), generator=generator)
+        self.images = colours.expand(count, POSITIONS).clone()
+        noise = torch.rand(count, POSITIONS, generator=generator) < 0.1
+        self.images[noise] = torch.randint(0, CLUSTERS, (int(noise.sum()),), generator=generator)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        return {
+            "input_ids": torch.cat([torch.tensor([START]), image[:-1]]),
+            "labels": torch.cat([torch.tensor([-100]), image]),
+        }
+
+
+def train(tmp_path, batch: int, accumulation: int, steps: int, lr: float = 0.0):
+    torch.manual_seed(0)
+    model = IGPTForCausalImageModeling(tiny_config())
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+        max_steps=steps, learning_rate=lr, adam_beta2=0.95, weight_decay=0.0, lr_scheduler_type="constant",
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, dataloader_drop_last=True, seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=TokenDataset(64))
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], model
+
+
+def test_trainer_lowers_the_loss(tmp_path):
+    losses, _ = train(tmp_path, batch=8, accumulation=1, steps=30, lr=3e-3)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_gradient_accumulation_matches_a_full_batch(tmp_path):
+    # lr=0: the model stays put, so both runs score the same first 8 examples.
+    (full,), _ = train(tmp_path / "full", batch=8, accumulation=1, steps=1)
+    (accumulated,), _ = train(tmp_path / "accumulated", batch=4, accumulation=2, steps=1)
+    assert math.isclose(full, accumulated, rel_tol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = randomize(IGPTForCausalImageModeling(tiny_config())).train()
+    tokens = with_start(pixels())
+    model(tokens, labels=tokens).loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    model(tokens, labels=tokens).loss.backward()
+    for grad, reference in zip((p.grad for p in model.parameters()), expected):
+        assert torch.allclose(grad, reference, atol=1e-5)
+
+
+# --- Bad input -------------------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = IGPTForCausalImageModeling(tiny_config())
+    with pytest.raises(ValueError, match="out of range"):
+        model(torch.tensor([[START, VOCAB]]))
+    with pytest.raises(ValueError, match="out of range"):
+        model(torch.tensor([[-1, 2]]))
+    with pytest.raises(ValueError, match="Sequence too long"):
+        model(torch.zeros(1, POSITIONS + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="out of range"):  # the start token is never a target
+        model(torch.tensor([[START, 1]]), labels=torch.tensor([[START, START]]))
+    with pytest.raises(ValueError, match="does not exist"):
+        model.transformer.get_image_features(torch.zeros(1, 4, dtype=torch.long), layers=7)
+    with pytest.raises(ValueError, match="classifier_pooled_layer"):
+        tiny_config(classifier_pooled_layer=4)
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_config(hidden_size=30)
+    with pytest.raises(ValueError, match="objective"):
+        tiny_config(objective="diffusion")
+    with pytest.raises(ValueError, match="Unknown paper size"):
+        IGPTConfig.from_paper("xxl")
