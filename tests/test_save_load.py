@@ -1,0 +1,73 @@
+"""save_pretrained -> from_pretrained, with the package and without it (trust_remote_code)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
+
+from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageClassification, IGPTModel
+
+
+def tiny(**overrides):
+    return IGPTConfig(vocab_size=9, max_position_embeddings=16, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, **overrides)
+
+
+def test_round_trip_keeps_weights_and_config(tmp_path):
+    model = IGPTForCausalImageModeling(tiny()).eval()
+    torch.nn.init.normal_(model.lm_head.weight)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is IGPTForCausalImageModeling
+    tokens = torch.randint(0, 8, (2, 16))
+    assert torch.equal(model(tokens).logits, loaded(tokens).logits)
+    assert type(AutoModel.from_pretrained(tmp_path)) is IGPTModel
+    assert type(AutoConfig.from_pretrained(tmp_path)) is IGPTConfig
+
+
+def test_saved_folder_is_self_contained(tmp_path):
+    IGPTForImageClassification(tiny(num_labels=3)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert set(config["auto_map"]) == {
+        "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedImageModeling", "AutoModelForImageClassification",
+    }
+    assert (tmp_path / "modeling_igpt.py").exists() and (tmp_path / "configuration_igpt.py").exists()
+    classifier = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert type(classifier) is IGPTForImageClassification and classifier.config.num_labels == 3
+
+
+def test_remote_code_load_in_a_python_without_the_package(tmp_path):
+    model = IGPTForCausalImageModeling(tiny()).eval()
+    torch.nn.init.normal_(model.lm_head.weight)
+    model.save_pretrained(tmp_path / "model")
+    tokens = torch.randint(0, 8, (1, 16))
+    torch.save({"tokens": tokens, "logits": model(tokens).logits}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["modeling_igpt"] = None  # the package is installed here: make it unimportable
+        try:
+            import modeling_igpt
+            raise SystemExit("package still importable")
+        except ImportError:
+            pass
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForImageClassification
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        assert torch.equal(model(expected["tokens"]).logits, expected["logits"])
+        generated = model.generate(max_new_tokens=4, do_sample=False)
+        assert generated.shape == (1, 5)
+        print("remote code OK", type(model).__name__)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code OK IGPTForCausalImageModeling" in result.stdout
