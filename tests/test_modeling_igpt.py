@@ -90,6 +90,17 @@ def test_causal_logits_and_hidden_states_match_imagegpt(attn_implementation):
         assert_close_relative(ours_state, reference_state)
 
 
+def test_flex_attention_matches_eager():
+    # flex_attention compiles its kernel (about 40 s on 2 CPU cores), hence one test for both objectives' masks.
+    for objective in ("autoregressive", "bert"):
+        eager = randomize(IGPTModel._from_config(tiny_config(objective=objective), attn_implementation="eager"))
+        flex = IGPTModel._from_config(tiny_config(objective=objective), attn_implementation="flex_attention").eval()
+        flex.load_state_dict(eager.state_dict())
+        tokens = pixels()
+        with torch.no_grad():
+            assert_close_relative(flex(tokens).last_hidden_state, eager(tokens).last_hidden_state)
+
+
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 def test_classifier_logits_match_imagegpt(attn_implementation):
     reference, ours = imagegpt_pair(attn_implementation, head="classify")
