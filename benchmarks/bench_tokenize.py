@@ -1,0 +1,105 @@
+"""Tokenization speed: IGPTImageProcessor vs transformers' ImageGPTImageProcessorPil, same palette, same run.
+
+CIFAR-10 images (PIL, 32x32) in batches of 256, as a training data loader sees them, plus one-image calls, as a
+pipeline makes them. "cold" is the first pass with a palette never used before in the process; "steady" repeats the
+pass. Tokens must be identical to transformers'.
+
+    python benchmarks/bench_tokenize.py [--quick] [--data_dir ../shared/data/cifar10] [--json out.json]
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from datasets import load_dataset
+from transformers import ImageGPTImageProcessorPil
+
+from image_processing import IGPTImageProcessor, fit_palette
+from image_processing import image_processing_igpt
+
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
+
+
+def _images_per_second(processor, images, batch_size):
+    start = time.perf_counter()
+    ids = [processor(images[i : i + batch_size], return_tensors="np")["input_ids"] for i in range(0, len(images), batch_size)]
+    return len(images) / (time.perf_counter() - start), np.concatenate([np.stack(list(x)) for x in ids])
+
+
+def _one_image_seconds(processor, images, repeats):
+    times = []
+    for image in images[:repeats]:
+        start = time.perf_counter()
+        processor(image, return_tensors="pt")
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run(quick: bool = False, data_dir: str | Path = DEFAULT_DATA_DIR, n_images: int = 2000, batch_size: int = 256):
+    n_images = 512 if quick else n_images
+    train = load_dataset("parquet", data_files=str(Path(data_dir) / "train.parquet"), split="train")
+    images = train.select(range(n_images))["img"]
+    palette_images = train.select(range(n_images, n_images + 1000))["img"]  # fit on other images
+    clusters = fit_palette(palette_images, n_clusters=512, seed=0, progress=False).clusters
+
+    ours = IGPTImageProcessor(clusters=clusters)
+    theirs = ImageGPTImageProcessorPil(clusters=clusters.tolist(), size={"height": 32, "width": 32})
+
+    # One-image calls, first on a cold palette (what a fresh pipeline does), then warm.
+    image_processing_igpt._COLOUR_TABLES.clear()
+    ours_first = _one_image_seconds(ours, images, 1)[0]
+    theirs_first = _one_image_seconds(theirs, images, 1)[0]
+    ours_one = statistics.median(_one_image_seconds(ours, images[1:], 50))
+    theirs_one = statistics.median(_one_image_seconds(theirs, images[1:], 50))
+
+    image_processing_igpt._COLOUR_TABLES.clear()
+    theirs_rate, theirs_ids = _images_per_second(theirs, images, batch_size)
+    cold_rate, cold_ids = _images_per_second(ours, images, batch_size)
+    steady_rate = max(_images_per_second(ours, images, batch_size)[0] for _ in range(3))
+
+    results = {
+        "n_images": n_images,
+        "batch_size": batch_size,
+        "transformers_images_per_s": theirs_rate,
+        "igpt_cold_images_per_s": cold_rate,
+        "igpt_steady_images_per_s": steady_rate,
+        "speedup_cold": cold_rate / theirs_rate,
+        "speedup_steady": steady_rate / theirs_rate,
+        "token_identical": bool(np.array_equal(cold_ids, theirs_ids)),
+        "token_mismatches": int((cold_ids != theirs_ids).sum()),
+        "one_image_first_call_ms": {"igpt": 1e3 * ours_first, "transformers": 1e3 * theirs_first},
+        "one_image_median_ms": {"igpt": 1e3 * ours_one, "transformers": 1e3 * theirs_one},
+    }
+    _print_table(results)
+    return results
+
+
+def _print_table(r):
+    print(f"Tokenization, {r['n_images']} CIFAR-10 images, batches of {r['batch_size']}, K=512")
+    print(f"{'':34}{'images/s':>12}{'vs transformers':>18}")
+    print(f"{'transformers ImageGPT (Pil)':34}{r['transformers_images_per_s']:12.0f}{1:17.1f}x")
+    print(f"{'IGPTImageProcessor, cold':34}{r['igpt_cold_images_per_s']:12.0f}{r['speedup_cold']:17.1f}x")
+    print(f"{'IGPTImageProcessor, steady':34}{r['igpt_steady_images_per_s']:12.0f}{r['speedup_steady']:17.1f}x")
+    print(f"token-identical: {r['token_identical']} ({r['token_mismatches']} mismatches)")
+    for key, label in [("one_image_first_call_ms", "one image, first call"), ("one_image_median_ms", "one image, median")]:
+        ours, theirs = r[key]["igpt"], r[key]["transformers"]
+        print(f"{label:34}igpt {ours:6.2f} ms  transformers {theirs:6.2f} ms  ({theirs / ours:.1f}x)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="512 images instead of 2,000")
+    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="folder with CIFAR-10 train.parquet")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    results = run(quick=args.quick, data_dir=args.data_dir)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
