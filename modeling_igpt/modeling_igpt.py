@@ -208,13 +208,15 @@ class IGPTModel(IGPTPreTrainedModel):
     def set_input_embeddings(self, new_embeddings: nn.Embedding):
         self.wte = new_embeddings
 
-    def _check_inputs(self, input_ids: torch.Tensor | None, length: int, past_length: int):
+    def _check_inputs(self, input_ids: torch.Tensor | None, length: int, past_length: int | torch.Tensor):
+        if torch.compiler.is_compiling():  # data-dependent checks would break the graph; eager calls run them
+            return
         if past_length + length > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence too long: {past_length + length} tokens (cached {past_length} + new {length}) but the model "
                 f"has {self.config.max_position_embeddings} positions (max_position_embeddings)."
             )
-        if input_ids is None or torch.compiler.is_compiling():
+        if input_ids is None:
             return
         if input_ids.is_floating_point():
             raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
@@ -234,7 +236,7 @@ class IGPTModel(IGPTPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         bool_masked_pos: torch.BoolTensor | None = None,
-        past_length: int = 0,
+        past_length: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         """h^0 = token embedding (zeroed at BERT-masked positions) + position embedding. Returns (B, T, d)."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -250,7 +252,7 @@ class IGPTModel(IGPTPreTrainedModel):
                 )
             inputs_embeds = inputs_embeds * (~bool_masked_pos.bool()).unsqueeze(-1).to(inputs_embeds.dtype)
         if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device).unsqueeze(0)
+            position_ids = (past_length + torch.arange(length, device=inputs_embeds.device)).unsqueeze(0)  # (1, T)
         return self.drop(inputs_embeds + self.wpe(position_ids))
 
     @can_return_tuple
