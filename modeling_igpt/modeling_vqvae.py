@@ -75,7 +75,8 @@ class IGPTVQVAEQuantizer(nn.Module):
         e_i <- m_i / N_i'                             (codebook; N' = Laplace-smoothed N)
 
     The statistics start as if every code had been chosen once at its initial value (N = 1, m = e), so a code that
-    no data reaches keeps its value while its usage decays. Revival (Chen et al., 2020, A.2): a code whose EMA usage
+    no data reaches keeps its value while its usage decays (until N nears epsilon, when the smoothing pulls it to
+    zero; revival moves it long before). Revival (Chen et al., 2020, A.2): a code whose EMA usage
     N_i falls below `dead_code_threshold` x the expected usage (tokens per batch / codebook size) is dead; it is
     moved next to a live code, drawn in proportion to usage so that busy codes are split first, plus a little
     noise, and given the threshold usage: it survives the next step only if it wins at least the threshold share of
