@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""Generative pretraining of Image GPT from pixels (Chen et al., 2020, Sections 2.1 and 3): the autoregressive (L_AR)
+or BERT (L_BERT) objective, from scratch or continued from a checkpoint.
+
+    images -> palette colours (fitted here by k-means when none is given) or VQ-VAE codes -> token sequences
+        -> Trainer(IGPTForCausalImageModeling | IGPTForMaskedImageModeling) -> model + processor in --output_dir
+
+Defaults follow the paper (Appendix A.1): Adam beta2 = 0.95, no weight decay, a linear warm-up then a cosine decay
+to 0, no dropout; bf16 and fused AdamW when the GPU has them. Validation loss is logged in bits per dimension.
+
+    python examples/run_pretraining.py --dataset_name uoft-cs/cifar10 --output_dir igpt-s-cifar10 \\
+        --per_device_train_batch_size 64 --num_train_epochs 30 --learning_rate 3e-3
+
+Runs unchanged under `accelerate launch` (DDP / FSDP / DeepSpeed across GPUs and machines).
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments, set_seed
+
+import modeling_igpt  # noqa: F401  (registers the Auto classes)
+from data import DataArguments, ImageTokenizer, PretrainingCollator, load_image_splits, tokenize_transform
+from image_processing import IGPTImageProcessor, fit_palette
+from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling
+from modeling_igpt.configuration_igpt import OBJECTIVES
+from training import BitsPerDimTrainer, paper_optimiser_defaults, parse_arguments, resolve_checkpoint, setup_logging
+
+
+logger = logging.getLogger(__name__)
+
+MODEL_CLASSES = {"autoregressive": IGPTForCausalImageModeling, "bert": IGPTForMaskedImageModeling}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue pretraining this checkpoint (its processor comes along). Default: a new model."}
+    )
+    objective: str | None = field(
+        default=None,
+        metadata={"help": "Pretraining objective (default: the checkpoint's, else autoregressive).", "choices": list(OBJECTIVES)},
+    )
+    model_size: str | None = field(
+        default=None, metadata={"help": "A paper size for a new model: s (76M), m (455M) or l (1.4B).", "choices": ["s", "m", "l"]}
+    )
+    num_hidden_layers: int = field(default=24, metadata={"help": "Depth L of a new model (iGPT-S: 24)."})
+    hidden_size: int = field(default=512, metadata={"help": "Width d of a new model (iGPT-S: 512)."})
+    num_attention_heads: int = field(default=8, metadata={"help": "Attention heads of a new model (iGPT-S: 8)."})
+    mask_probability: float = field(default=0.15, metadata={"help": "BERT masking probability (paper: 0.15)."})
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "A saved IGPTImageProcessor (palette) to use instead of fitting one."}
+    )
+    n_clusters: int = field(default=512, metadata={"help": "Palette size K when fitting one (paper: 512)."})
+    image_size: int = field(default=32, metadata={"help": "Model resolution when fitting a palette (paper: 32 or 48)."})
+    palette_max_pixels: int | None = field(
+        default=None, metadata={"help": "Fit the palette on at most this many training pixels (default: all)."}
+    )
+    vqvae_model: str | None = field(
+        default=None,
+        metadata={"help": "A trained IGPTVQVAEModel (examples/run_vqvae.py): model its codes instead of palette colours."},
+    )
+
+
+def pretraining_defaults() -> dict:
+    return {
+        **paper_optimiser_defaults(),
+        "learning_rate": 3e-3,  # Table 5, iGPT-S autoregressive 32x32
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.01,  # one epoch of the paper's ~100
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "save_total_limit": 2,
+        "logging_steps": 10,
+        "prediction_loss_only": True,
+    }
+
+
+def build_tokenizer(model_args: ModelArguments, training_args: TrainingArguments, splits, checkpoint: str | None):
+    """The processor (given, from the checkpoint, or a palette fitted here) plus the VQ-VAE when codes are modelled."""
+    vqvae = None
+    if model_args.vqvae_model is not None:
+        from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
+
+        vqvae = IGPTVQVAEModel.from_pretrained(model_args.vqvae_model)
+    source = model_args.image_processor_name or checkpoint or model_args.model_name_or_path
+    if source is not None:
+        tokenizer = ImageTokenizer.from_pretrained(source)
+        return ImageTokenizer(tokenizer.processor, vqvae or tokenizer.vqvae)
+    if vqvae is not None:
+        size = vqvae.config.image_size
+        return ImageTokenizer(IGPTImageProcessor(size={"height": size, "width": size}, do_color_quantize=False), vqvae)
+
+    # Fit the palette once, on the main process; the other processes read what it saved.
+    with training_args.main_process_first(local=False, desc="fitting the colour palette"):
+        if training_args.process_index == 0:
+            logger.info("Fitting a %d-colour palette at %dx%d", model_args.n_clusters, model_args.image_size, model_args.image_size)
+            processor = fit_palette(
+                splits.splits["train"],
+                n_clusters=model_args.n_clusters,
+                size=model_args.image_size,
+                max_pixels=model_args.palette_max_pixels,
+                image_column=splits.image_column,
+                seed=training_args.seed,
+                progress=not training_args.disable_tqdm,
+            )
+            processor.save_pretrained(training_args.output_dir)
+        else:
+            processor = IGPTImageProcessor.from_pretrained(training_args.output_dir)
+    return ImageTokenizer(processor)
+
+
+def build_model(model_args: ModelArguments, tokenizer: ImageTokenizer):
+    if model_args.model_name_or_path is not None:
+        config = IGPTConfig.from_pretrained(model_args.model_name_or_path)
+        objective = model_args.objective or config.objective
+        if objective != config.objective:
+            raise ValueError(
+                f"--objective {objective} does not match the checkpoint {model_args.model_name_or_path}, "
+                f"which was trained with the {config.objective} objective."
+            )
+        if (config.vocab_size, config.max_position_embeddings) != (tokenizer.vocab_size, tokenizer.sequence_length):
+            raise ValueError(
+                f"The checkpoint has vocab_size={config.vocab_size} and {config.max_position_embeddings} positions, "
+                f"but the tokenizer gives {tokenizer.vocab_size} ids and {tokenizer.sequence_length} tokens per image."
+            )
+        return MODEL_CLASSES[objective].from_pretrained(model_args.model_name_or_path)
+    objective = model_args.objective or "autoregressive"
+    shape = dict(
+        vocab_size=tokenizer.vocab_size,
+        max_position_embeddings=tokenizer.sequence_length,
+        objective=objective,
+        mask_probability=model_args.mask_probability,
+    )
+    if model_args.model_size is not None:
+        config = IGPTConfig.from_paper(model_args.model_size, **shape)
+    else:
+        config = IGPTConfig(
+            num_hidden_layers=model_args.num_hidden_layers,
+            hidden_size=model_args.hidden_size,
+            num_attention_heads=model_args.num_attention_heads,
+            **shape,
+        )
+    return MODEL_CLASSES[objective](config)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, training_args = parse_arguments(
+        (ModelArguments, DataArguments, TrainingArguments), pretraining_defaults(), argv
+    )
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    checkpoint = resolve_checkpoint(training_args)
+
+    splits = load_image_splits(data_args, seed=training_args.seed)
+    tokenizer = build_tokenizer(model_args, training_args, splits, checkpoint)
+    model = build_model(model_args, tokenizer)
+    logger.info(
+        "%s objective, %.2fM parameters, %d tokens per image, vocabulary %d",
+        model.config.objective, model.num_parameters() / 1e6, tokenizer.sequence_length, tokenizer.vocab_size,
+    )
+
+    transform = tokenize_transform(tokenizer, splits.image_column)
+    train_dataset = splits.splits["train"].with_transform(transform)
+    eval_dataset = splits.splits["validation"].with_transform(transform)
+    trainer = BitsPerDimTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=PretrainingCollator(model.config.objective, tokenizer.start_token_id),
+        processing_class=tokenizer.processor,
+    )
+
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training_args.output_dir)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+
+    card = {
+        "model_name": os.path.basename(os.path.normpath(training_args.output_dir)),
+        "finetuned_from": model_args.model_name_or_path,
+        "tasks": "unconditional-image-generation",
+        "tags": ["igpt", "image-gpt", f"{model.config.objective}-pretraining"],
+        "dataset": data_args.dataset_name or data_args.train_file or data_args.train_dir,
+    }
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
