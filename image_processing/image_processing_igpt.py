@@ -29,7 +29,7 @@ class IGPTImageProcessorKwargs(ImagesKwargs, total=False):
         Return `input_ids` (nearest cluster per pixel); if `False`, return float `pixel_values` (B, 3, H, W).
     """
 
-    clusters: np.ndarray | list[list[float]] | torch.Tensor | None
+    clusters: np.ndarray | list | torch.Tensor | None
     do_color_quantize: bool
 
 
@@ -95,10 +95,10 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
             )
         return array.astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise ValueError(
-                f"Float pixels must be finite and lie in [0, 1] (got [{np.nanmin(array)}, {np.nanmax(array)}])."
-            )
+        if not np.isfinite(array).all():
+            raise ValueError("Float pixels must be finite (got NaN or infinity).")
+        if array.min() < 0 or array.max() > 1:
+            raise ValueError(f"Float pixels must lie in [0, 1] (got [{array.min()}, {array.max()}]).")
         return np.rint(array.astype(np.float64) * 255).astype(np.uint8)
     raise ValueError(f"Unsupported pixel dtype {array.dtype}.")
 
@@ -138,7 +138,7 @@ def resize_rgb(image: np.ndarray, height: int, width: int, resample, center_crop
     box = (0.0, 0.0, float(w), float(h))
     if center_crop:
         scale = max(height / h, width / w)
-        crop_w, crop_h = width / scale, height / scale
+        crop_w, crop_h = min(w, width / scale), min(h, height / scale)  # one of them is w or h
         box = ((w - crop_w) / 2, (h - crop_h) / 2, (w + crop_w) / 2, (h + crop_h) / 2)
     return np.asarray(PIL.Image.fromarray(image).resize((width, height), resample=resample, box=box))
 

@@ -28,6 +28,7 @@ from .image_processing_igpt import (
 logger = logging.getLogger(__name__)
 
 N_COLOURS = 1 << 24
+FLUSH_PIXELS = 1 << 22
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
 
 
@@ -94,17 +95,22 @@ def fit_palette(
 def colour_counts(images, processor=None, max_pixels=None, seed=0, progress=True, image_column=None) -> np.ndarray:
     """(2^24,) int64 histogram of the 8-bit RGB colours in `images`; `processor` (if given) resizes them first."""
     counts = np.zeros(N_COLOURS, dtype=np.int64)
-    total = 0
+    buffer, buffered, total = [], 0, 0
     bar = tqdm(desc="counting pixels", unit="px", unit_scale=True, disable=not progress)
     for pixels in _iter_pixels(images, processor, max_pixels, seed, image_column):  # (n, 3) uint8
         if max_pixels is not None:
             pixels = pixels[: max_pixels - total]
-        counts += np.bincount(pack_colours(pixels), minlength=N_COLOURS)
-        total += len(pixels)
+        buffer.append(pack_colours(pixels))
+        buffered, total = buffered + len(pixels), total + len(pixels)
         bar.update(len(pixels))
+        if buffered >= FLUSH_PIXELS:  # one bincount per few million pixels, not per image
+            counts += np.bincount(np.concatenate(buffer), minlength=N_COLOURS)
+            buffer, buffered = [], 0
         if max_pixels is not None and total >= max_pixels:
             break
     bar.close()
+    if buffer:
+        counts += np.bincount(np.concatenate(buffer), minlength=N_COLOURS)
     return counts
 
 
