@@ -5,7 +5,7 @@ transformers has no pipeline for unconditional image generation. This one is reg
 
     pipe = pipeline("unconditional-image-generation", model="org/igpt-s", revision=COMMIT, trust_remote_code=True)
     samples = pipe(num_images=8, top_k=64)  # 8 PIL images drawn from the start token
-    completions = pipe(image, num_images=4)  # the image's top half kept, the bottom half sampled 4 times
+    completions = pipe(image, num_images=4)  # image (PIL, array, path or URL): top half kept, bottom half sampled 4 times
 
 This file is copied to the Hub next to the model, so it imports only torch and transformers. It reads the image
 processor by its methods (`__call__`, `decode`, `n_clusters`, `start_token_id`, `size`), never by its class.
@@ -13,6 +13,7 @@ processor by its methods (`__call__`, `decode`, `n_clusters`, `start_token_id`, 
 
 import torch
 from transformers import AutoModelForCausalLM, Pipeline
+from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
 
 
@@ -90,6 +91,8 @@ class IGPTImageGenerationPipeline(Pipeline):
         start = torch.full((num_images, 1), self.image_processor.start_token_id)  # (n, 1)
         if image is None:
             return {"input_ids": start}
+        if isinstance(image, str):  # a path or URL, as in transformers' image pipelines
+            image = load_image(image)
         pixels = self.image_processor(image, return_tensors="pt")["input_ids"]  # (1, H*W)
         height, width = self._image_size()
         kept = round(height * prompt_fraction) * width  # whole rows, in raster order

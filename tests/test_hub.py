@@ -1,0 +1,343 @@
+"""Publishing: the assembled repository, its card, validation, upload arguments, and loading it from an offline Hub cache.
+
+The offline tests copy published folders into the Hugging Face cache layout (models--org--name/snapshots/<commit>,
+refs/main) and load "org/igpt-l"-style ids with HF_HUB_OFFLINE=1 in a fresh Python: once with this package made
+unimportable (the repository's own code, trust_remote_code=True), once with it (the registered classes).
+"""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from hub_cards import publish
+from image_processing import IGPTImageProcessor
+from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageClassification, IGPTForMaskedImageModeling
+
+
+CLUSTERS, HEIGHT, WIDTH = 8, 6, 6
+PROBE = {"layer_accuracies": {"0": 0.31, "1": 0.62, "2": 0.48}, "best_layer": 1}
+PRETRAINING = {"eval_loss": 1.7, "eval_bits_per_dim": 2.4526, "train_loss": 1.9}
+CLASSIFICATION = {"eval_accuracy": 0.81, "test_accuracy": 0.79}
+SECTIONS = ["## The palette", "## How to use", "## Training data and hyperparameters", "## Evaluation",
+            "## Limitations", "## Citation"]
+
+
+def tiny_processor(clusters: int = CLUSTERS) -> IGPTImageProcessor:
+    palette = np.random.default_rng(0).uniform(-1, 1, (clusters, 3))
+    return IGPTImageProcessor(clusters=palette, size={"height": HEIGHT, "width": WIDTH})
+
+
+def tiny_model(model_class, **overrides):
+    config = IGPTConfig(
+        vocab_size=CLUSTERS + 1, max_position_embeddings=HEIGHT * WIDTH, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, **overrides,
+    )
+    model = model_class(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random heads: zero-init logits would make every comparison trivially pass
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model.eval()
+
+
+def checkpoint(folder: Path, model, processor=None) -> Path:
+    model.save_pretrained(folder)
+    (processor or tiny_processor()).save_pretrained(folder)
+    return folder
+
+
+def write_json(path: Path, values: dict) -> str:
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def assemble(checkpoint_dir: Path, output_dir: Path, repo_id: str, *extra: str):
+    options = publish.parse_args(
+        [str(checkpoint_dir), "--repo_id", repo_id, "--output_dir", str(output_dir), "--num_samples", "2",
+         "--num_completions", "1", *extra]
+    )
+    return publish.assemble(options)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """Published folders for an autoregressive, a BERT and a classifier checkpoint: {kind: (folder, model)}."""
+    root = tmp_path_factory.mktemp("published")
+    autoregressive = checkpoint(root / "ar", tiny_model(IGPTForCausalImageModeling))
+    trainer_state = {"train_batch_size": 4, "max_steps": 10, "global_step": 10, "log_history": [{"learning_rate": 3e-4}]}
+    (autoregressive / "trainer_state.json").write_text(json.dumps(trainer_state))
+    bert = checkpoint(root / "bert", tiny_model(IGPTForMaskedImageModeling, objective="bert"))
+    labels = {0: "zero", 1: "one", 2: "two"}
+    classifier = checkpoint(
+        root / "clf", tiny_model(IGPTForImageClassification, id2label=labels, label2id={v: k for k, v in labels.items()})
+    )
+    return {
+        "autoregressive": assemble(
+            autoregressive, root / "out-ar", "org/igpt-l", "--dataset_name", "digits", "--metrics",
+            write_json(root / "pretraining.json", PRETRAINING), write_json(root / "probe.json", PROBE),
+        ),
+        "bert": assemble(bert, root / "out-bert", "org/igpt-l-bert", "--dataset_name", "digits", "--metrics",
+                         write_json(root / "bert.json", {"eval_loss": 1.5})),
+        "classifier": assemble(
+            classifier, root / "out-clf", "org/igpt-l-digits", "--dataset_name", "digits", "--base_model", "org/igpt-l",
+            "--revision", "v1", "--metrics", write_json(root / "classification.json", CLASSIFICATION),
+        ),
+    }
+
+
+# --- The folder and its card ------------------------------------------------------------------------------------------
+
+
+def test_generative_folder_is_complete_and_validates(published):
+    folder, model = published["autoregressive"]
+    names = {path.name for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "configuration_igpt.py",
+            "modeling_igpt.py", "image_processing_igpt.py", "pipeline_igpt.py"} <= names
+    assert not [name for name in names if name.endswith((".bin", ".pt", ".pkl"))]
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM",
+                                       "AutoModelForMaskedImageModeling", "AutoModelForImageClassification"}
+    assert config["custom_pipelines"]["unconditional-image-generation"]["impl"] == "pipeline_igpt.IGPTImageGenerationPipeline"
+    processor_config = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoImageProcessor"] == "image_processing_igpt.IGPTImageProcessor"
+    for image in ("palette.png", "samples.png", "completions.png", "inputs.png", "probe.png"):
+        assert (folder / "images" / image).is_file(), image
+    publish.validate(folder, model, remote_code_check=False)
+
+
+def test_generative_card_metadata_and_sections(published):
+    folder, model = published["autoregressive"]
+    card = ModelCard.load(folder / "README.md")
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "unconditional-image-generation", "apache-2.0")
+    assert data.datasets == ["digits"] and set(data.metrics) == {"bits_per_dim", "accuracy"}
+    results = {result.metric_type: result for result in data.eval_results}
+    assert results["bits_per_dim"].metric_value == PRETRAINING["eval_bits_per_dim"]
+    best = PROBE["best_layer"]
+    assert results["accuracy"].metric_value == PROBE["layer_accuracies"][str(best)]
+    assert results["accuracy"].task_name == f"Linear probe on f^{best}"
+    gallery = [entry["output"]["url"] for entry in data.widget]
+    assert gallery == ["images/samples.png", "images/completions.png", "images/inputs.png"]
+    assert "<Gallery />" in card.text
+    for section in SECTIONS + ["## Sampling", "## Probing"]:
+        assert section in card.text, section
+    assert 'trust_remote_code=True' in card.text and 'revision=revision' in card.text
+    assert f"best layer is **{best}**" in card.text and "| 1 (best) | 62.00% |" in card.text
+    assert "| peak learning rate | 0.0003 |" in card.text  # from trainer_state.json
+    assert f"{model.num_parameters():,} parameters" in card.text
+
+
+def test_bert_card_is_a_feature_extractor_with_bits_from_the_loss(published):
+    folder, _ = published["bert"]
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "image-feature-extraction"
+    assert card.data.eval_results[0].metric_value == round(1.5 / math.log(2), 4)
+    assert "## Sampling" not in card.text and "BERT" in card.text
+    assert not (folder / "pipeline_igpt.py").exists()
+    assert "custom_pipelines" not in json.loads((folder / "config.json").read_text())
+
+
+def test_classifier_card_has_base_model_widget_and_accuracy(published):
+    folder, model = published["classifier"]
+    card = ModelCard.load(folder / "README.md")
+    data = card.data
+    assert (data.pipeline_tag, data.base_model) == ("image-classification", "org/igpt-l")
+    assert {(result.dataset_split, result.metric_value) for result in data.eval_results} == {("eval", 0.81), ("test", 0.79)}
+    for entry in data.widget:
+        prefix = "https://huggingface.co/org/igpt-l-digits/resolve/v1/"
+        assert entry["src"].startswith(prefix) and (folder / entry["src"].removeprefix(prefix)).is_file()
+    assert "Labels | 3: zero, one, two" in card.text
+    for section in SECTIONS:
+        assert section in card.text, section
+    publish.validate(folder, model, remote_code_check=False)
+
+
+def test_validation_rejects_incomplete_folders(published, tmp_path):
+    source, model = published["autoregressive"]
+    folder = Path(shutil.copytree(source, tmp_path / "copy"))
+    (folder / "pipeline_igpt.py").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"pickle files \['pytorch_model.bin'\].*pipeline_igpt.IGPTImageGenerationPipeline has no code file"):
+        publish.validate(folder, model, remote_code_check=False)
+
+
+def test_remote_code_check_loads_the_folder_without_the_package(published):
+    folder, model = published["classifier"]
+    publish.check_loads_without_package(folder, model)
+    other = tiny_model(IGPTForImageClassification, num_labels=3)
+    with torch.no_grad():
+        other.score.weight.add_(1.0)  # a model the folder does not hold: the check must notice
+    with pytest.raises(ValueError, match="does not load without the igpt package"):
+        publish.check_loads_without_package(folder, other)
+
+
+# --- Bad input ----------------------------------------------------------------------------------------------------------
+
+
+def test_bad_checkpoints_raise_clear_errors(tmp_path):
+    model = tiny_model(IGPTForCausalImageModeling)
+    mismatched = checkpoint(tmp_path / "palette", model, tiny_processor(clusters=5))
+    with pytest.raises(ValueError, match="palette has 5 colours but the model's vocabulary expects 8"):
+        assemble(mismatched, tmp_path / "out1", "org/x")
+
+    no_processor = tmp_path / "no_processor"
+    model.save_pretrained(no_processor)
+    with pytest.raises(FileNotFoundError, match="no preprocessor_config.json"):
+        assemble(no_processor, tmp_path / "out2", "org/x")
+
+    pickle_only = checkpoint(tmp_path / "pickle", model)
+    torch.save(model.state_dict(), pickle_only / "pytorch_model.bin")
+    (pickle_only / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"only pickle weights \(pytorch_model.bin\); publishing requires model.safetensors"):
+        assemble(pickle_only, tmp_path / "out3", "org/x")
+
+    good = checkpoint(tmp_path / "good", model)
+    metrics = write_json(tmp_path / "m.json", PRETRAINING)
+    with pytest.raises(ValueError, match="--metrics needs --dataset_name"):
+        assemble(good, tmp_path / "out4", "org/x", "--metrics", metrics)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "old.txt").write_text("")
+    with pytest.raises(FileExistsError, match="not empty"):
+        assemble(good, tmp_path / "busy", "org/x")
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out3").exists()  # nothing written before the checks
+
+
+def test_push_uploads_the_folder_with_the_requested_options(published):
+    folder, _ = published["classifier"]
+    calls = []
+
+    class RecordingApi:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: calls.append((name, args, kwargs))
+
+    options = publish.parse_args(
+        [str(folder), "--repo_id", "org/igpt-l-digits", "--output_dir", str(folder), "--private", "--revision", "v1", "--create_pr"]
+    )
+    publish.push(folder, options, api=RecordingApi())
+    assert calls == [
+        ("create_repo", ("org/igpt-l-digits",), {"private": True, "exist_ok": True}),
+        ("create_branch", ("org/igpt-l-digits",), {"branch": "v1", "exist_ok": True}),
+        ("upload_folder", (), {"repo_id": "org/igpt-l-digits", "folder_path": folder, "revision": "v1", "create_pr": True,
+                               "commit_message": "Publish igpt-l-digits with hub_cards/publish.py"}),
+    ]
+
+
+# --- Offline loading from the Hugging Face cache --------------------------------------------------------------------------
+
+
+def place_in_hf_cache(folder: Path, hub_cache: Path, repo_id: str) -> str:
+    """Copy a repository folder into the cache layout huggingface_hub reads offline; returns its commit."""
+    commit = f"{abs(hash(repo_id)):040x}"[-40:]
+    repo_dir = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return commit
+
+
+OFFLINE_SCRIPT = """
+import sys
+mode, expected_path = sys.argv[1], sys.argv[2]
+if mode == "remote_code":
+    sys.modules["modeling_igpt"] = sys.modules["image_processing"] = None  # installed here: make it unimportable
+    for name in ("modeling_igpt", "image_processing"):
+        try:
+            __import__(name)
+            raise SystemExit(name + " is still importable")
+        except ImportError:
+            pass
+    extra = {"trust_remote_code": True}
+else:
+    import image_processing, modeling_igpt
+    from modeling_igpt.pipeline_igpt import IGPTImageGenerationPipeline
+    extra = {}
+import torch
+from huggingface_hub import constants
+from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM,
+                          AutoModelForImageClassification, pipeline)
+
+assert constants.HF_HUB_OFFLINE
+expected = torch.load(expected_path, weights_only=False)
+generative, classifier = "org/igpt-l", "org/igpt-l-digits"
+config = AutoConfig.from_pretrained(generative, **extra)
+processor = AutoImageProcessor.from_pretrained(generative, revision=expected["commit"], **extra)
+causal = AutoModelForCausalLM.from_pretrained(generative, revision=expected["commit"], **extra).eval()
+base = AutoModel.from_pretrained(generative, **extra).eval()
+head = AutoModelForImageClassification.from_pretrained(classifier, **extra).eval()
+loaded = [config, processor, causal, base, head]
+if mode == "remote_code":
+    assert all(type(obj).__module__.startswith("transformers_modules") for obj in loaded), [type(o).__module__ for o in loaded]
+else:
+    assert [type(obj).__module__ for obj in loaded] == [
+        "modeling_igpt.configuration_igpt", "image_processing.image_processing_igpt"] + ["modeling_igpt.modeling_igpt"] * 3
+
+photo = expected["photo"]
+input_ids = processor(photo, return_tensors="pt")["input_ids"]
+assert torch.equal(input_ids, expected["input_ids"])
+with torch.no_grad():
+    assert torch.equal(causal(input_ids).logits, expected["causal_logits"])
+    assert torch.equal(base(input_ids).last_hidden_state, expected["hidden_state"])
+    assert torch.equal(head(input_ids).logits, expected["class_logits"])
+
+classify = pipeline("image-classification", model=classifier, **extra)
+assert classify(photo)[0]["label"] == expected["label"], classify(photo)
+features = pipeline("image-feature-extraction", model=generative, revision=expected["commit"], **extra)
+assert torch.allclose(torch.tensor(features(photo)), expected["hidden_state"], atol=1e-6)
+
+if mode == "remote_code":
+    generate = pipeline("unconditional-image-generation", model=generative, revision=expected["commit"], **extra)
+    assert type(generate).__module__.startswith("transformers_modules")
+else:
+    generate = pipeline("unconditional-image-generation", model=generative, pipeline_class=IGPTImageGenerationPipeline)
+completion = generate(photo, num_images=1, do_sample=False)[0]
+assert list(completion.getdata()) == list(expected["completion"].getdata())
+assert len(generate(num_images=2, top_k=4)) == 2
+print("offline OK", mode)
+"""
+
+
+@pytest.mark.parametrize("mode", ["remote_code", "installed_package"])
+def test_offline_hub_ids_load_through_auto_classes_and_pipelines(published, tmp_path, mode):
+    hub_cache = tmp_path / "hf" / "hub"
+    generative, model = published["autoregressive"]
+    classifier_folder, classifier = published["classifier"]
+    commit = place_in_hf_cache(generative, hub_cache, "org/igpt-l")
+    place_in_hf_cache(classifier_folder, hub_cache, "org/igpt-l-digits")
+
+    processor = IGPTImageProcessor.from_pretrained(generative)
+    photo = Image.fromarray(load_sample_images().images[1][::8, ::8])  # 80 x 54: pipelines take PIL images
+    input_ids = processor(photo, return_tensors="pt")["input_ids"]
+    kept = HEIGHT // 2 * WIDTH
+    prompt = torch.cat([torch.tensor([[processor.start_token_id]]), input_ids[:, :kept]], dim=1)
+    with torch.no_grad():
+        class_logits = classifier(input_ids).logits
+        completion = model.generate(prompt, max_new_tokens=HEIGHT * WIDTH - kept, do_sample=False)[:, 1:]
+        expected = {
+            "commit": commit, "photo": photo, "input_ids": input_ids,
+            "causal_logits": model(input_ids).logits,
+            "hidden_state": model.transformer(input_ids).last_hidden_state,
+            "class_logits": class_logits,
+            "label": classifier.config.id2label[class_logits.argmax(-1).item()],
+            "completion": processor.decode(completion)[0],
+        }
+    torch.save(expected, tmp_path / "expected.pt")
+    script = tmp_path / "offline.py"
+    script.write_text(textwrap.dedent(OFFLINE_SCRIPT))
+    environment = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-I", str(script), mode, str(tmp_path / "expected.pt")],
+        capture_output=True, text=True, cwd=tmp_path, env=environment,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"offline OK {mode}" in result.stdout

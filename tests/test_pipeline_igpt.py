@@ -1,0 +1,94 @@
+"""The custom unconditional-image-generation pipeline: samples, completions, saved registration, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_sample_images
+
+from image_processing import IGPTImageProcessor
+from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling
+from modeling_igpt.pipeline_igpt import TASK, IGPTImageGenerationPipeline
+
+
+CLUSTERS, HEIGHT, WIDTH = 8, 6, 6
+
+
+def tiny_processor(clusters: int = CLUSTERS) -> IGPTImageProcessor:
+    palette = np.random.default_rng(0).uniform(-1, 1, (clusters, 3))
+    return IGPTImageProcessor(clusters=palette, size={"height": HEIGHT, "width": WIDTH})
+
+
+def tiny_model(model_class=IGPTForCausalImageModeling, **overrides):
+    config = IGPTConfig(
+        vocab_size=CLUSTERS + 1, max_position_embeddings=HEIGHT * WIDTH, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, **overrides,
+    )
+    model = model_class(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random heads: the paper's zero-init logits would make every sample uniform noise
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return IGPTImageGenerationPipeline(model=tiny_model(), image_processor=tiny_processor(), device=-1)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return load_sample_images().images[0][::8, ::8]  # (54, 80, 3) uint8, not square
+
+
+def test_unconditional_samples_are_images_and_seeded(pipe):
+    first = pipe(num_images=3, top_k=4, seed=0)
+    again = pipe(num_images=3, top_k=4, seed=0)
+    assert len(first) == 3 and all(image.size == (WIDTH, HEIGHT) and image.mode == "RGB" for image in first)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
+    palette = {tuple(colour) for colour in pipe.image_processor.palette_rgb()}
+    assert {tuple(pixel) for image in first for pixel in np.asarray(image).reshape(-1, 3)} <= palette
+
+
+def test_completion_keeps_the_top_half_and_continues_like_generate(pipe, photo):
+    processor, model = pipe.image_processor, pipe.model
+    completions = pipe(photo, num_images=2, do_sample=False)
+    pixels = processor(photo, return_tensors="pt")["input_ids"]  # (1, H*W)
+    kept = HEIGHT // 2 * WIDTH
+    prompt = torch.cat([torch.tensor([[processor.start_token_id]]), pixels[:, :kept]], dim=1)
+    expected = model.generate(prompt, max_new_tokens=HEIGHT * WIDTH - kept, do_sample=False)[:, 1:]  # (1, H*W)
+    expected_image = processor.decode(expected, output_type="np")[0]
+    quantized = processor.decode(pixels, output_type="np")[0]
+    for completion in completions:
+        completion = np.asarray(completion)
+        assert np.array_equal(completion[: HEIGHT // 2], quantized[: HEIGHT // 2])
+        assert np.array_equal(completion, expected_image)
+
+
+def test_a_list_of_images_gives_a_list_of_completions(pipe, photo):
+    outputs = pipe([photo, photo[:, ::-1]], num_images=2, prompt_fraction=0.25)
+    assert [len(images) for images in outputs] == [2, 2]
+
+
+def test_save_pretrained_records_the_custom_pipeline(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["custom_pipelines"][TASK] == {
+        "impl": "pipeline_igpt.IGPTImageGenerationPipeline", "pt": ["AutoModelForCausalLM"],
+    }
+    assert (tmp_path / "pipeline_igpt.py").is_file() and (tmp_path / "preprocessor_config.json").is_file()
+
+
+def test_bad_setups_raise_clear_errors(pipe):
+    with pytest.raises(ValueError, match="autoregressive"):
+        IGPTImageGenerationPipeline(
+            model=tiny_model(IGPTForMaskedImageModeling, objective="bert"), image_processor=tiny_processor(), device=-1
+        )
+    with pytest.raises(ValueError, match="palette has 5 colours but the model's vocabulary expects 8"):
+        IGPTImageGenerationPipeline(model=tiny_model(), image_processor=tiny_processor(clusters=5), device=-1)
+    with pytest.raises(ValueError, match="needs the checkpoint's IGPT image processor"):
+        IGPTImageGenerationPipeline(model=tiny_model(), device=-1)
+    with pytest.raises(ValueError, match="prompt_fraction"):
+        pipe(num_images=1, prompt_fraction=1.5)
