@@ -1,0 +1,313 @@
+#!/usr/bin/env python
+"""Train the iGPT VQ-VAE (Chen et al., 2020, section 3.2 and appendix A.2): 96x96 or 192x192 images -> 48x48 codes.
+
+    images -> IGPTImageProcessor(do_color_quantize=False): pixel_values (B, 3, IR, IR) in [-1, 1]
+        -> Trainer(IGPTVQVAEModel), Adam at 1e-4 (A.2) -> model + processor in --output_dir
+        -> validation (eval_results.json): reconstruction MSE / PSNR, codebook perplexity, unused and dead codes
+        -> reconstructions.png: rows of validation images, each above their reconstructions through the codes
+
+The saved folder is what `examples/run_pretraining.py --vqvae_model` turns images into 2,304-code sequences with.
+
+    python examples/run_vqvae.py --dataset_name ILSVRC/imagenet-1k --image_size 96 --output_dir igpt-vqvae-96 \\
+        --per_device_train_batch_size 128 --max_steps 100000
+
+With no data source it trains on random crops of the two photos bundled with scikit-learn (works offline):
+
+    python examples/run_vqvae.py --output_dir /tmp/vqvae --image_size 32 \\
+        --config_overrides latent_size=16,codebook_size=64 --max_steps 200 --per_device_train_batch_size 16
+
+PSNR is that of the images in [0, 1]: 10 log10(2^2 / MSE) with the MSE measured in the model's [-1, 1] space.
+"""
+
+import ast
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from sklearn.datasets import load_sample_images
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from image_processing import IGPTImageProcessor, make_image_grid
+from modeling_igpt.configuration_vqvae import IGPTVQVAEConfig
+from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
+
+
+logger = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("image", "img", "pixel_values")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue training this IGPTVQVAEModel. Default: a new model."}
+    )
+    image_size: int = field(
+        default=96, metadata={"help": "Input resolution of a new model: 96 (one block) or 192 (two) for 48x48 codes."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated config values for a new model, e.g. 'latent_size=16,codebook_size=64'."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Give one of --dataset_name, --train_file (parquet) or --train_dir (imagefolder); none trains on bundled photos."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_file: str | None = field(default=None, metadata={"help": "Local parquet file(s) with the training images."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local parquet file with validation images."})
+    train_dir: str | None = field(default=None, metadata={"help": "Local imagefolder to train on."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Local imagefolder of validation images."})
+    image_column: str | None = field(
+        default=None, metadata={"help": f"Column holding the images (default: the first of {IMAGE_COLUMNS})."}
+    )
+    validation_split_percentage: float = field(
+        default=4.0, metadata={"help": "Percent of train held out when there is no validation split (paper: 4%)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many validation images."})
+    bundled_train_crops: int = field(default=2048, metadata={"help": "Training crops of the bundled photos."})
+    bundled_validation_crops: int = field(default=128, metadata={"help": "Validation crops of the bundled photos."})
+    num_reconstructions: int = field(default=16, metadata={"help": "Validation images shown in reconstructions.png."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub datasets are cached."})
+
+    def __post_init__(self):
+        if sum(source is not None for source in (self.dataset_name, self.train_file, self.train_dir)) > 1:
+            raise ValueError("Give at most one data source: --dataset_name, --train_file or --train_dir.")
+
+
+def vqvae_defaults() -> dict:
+    """A.2: Adam with a learning rate of 1e-4 (no decay schedule or weight decay is mentioned)."""
+    return {
+        "learning_rate": 1e-4,
+        "lr_scheduler_type": "constant",
+        "weight_decay": 0.0,
+        "optim": "adamw_torch",  # with weight_decay 0, Adam
+        "per_device_train_batch_size": 128,  # section 3.4; A.2's expected code usage assumes it
+        "per_device_eval_batch_size": 64,
+        "remove_unused_columns": False,  # the with_transform datasets need their raw image column
+        "report_to": "none",
+        "logging_steps": 50,
+        "save_strategy": "no",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def bundled_photo_crops(num_crops: int, size: int, columns: tuple[float, float], seed: int) -> datasets.Dataset:
+    """Random square crops of scikit-learn's two photos (427x640) resized to `size`, taken from a band of `columns`
+    (fractions of the width) so that training and validation crops never share pixels."""
+    rng = np.random.default_rng(seed)
+    photos = load_sample_images().images  # two (427, 640, 3) uint8 arrays
+    crops = []
+    for index in range(num_crops):
+        photo = photos[index % len(photos)]
+        height, width = photo.shape[:2]
+        left, right = int(columns[0] * width), int(columns[1] * width)
+        largest = min(height, right - left)
+        side = int(rng.integers(largest // 4, largest + 1))
+        top, start = int(rng.integers(0, height - side + 1)), int(rng.integers(left, right - side + 1))
+        crop = Image.fromarray(photo[top : top + side, start : start + side])
+        crops.append(crop.resize((size, size), resample=Image.Resampling.BICUBIC))
+    return datasets.Dataset.from_dict({"image": crops}, features=datasets.Features({"image": datasets.Image()}))
+
+
+def load_splits(data_args: DataArguments, image_size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """(train, validation, image column) from the Hub, parquet, an imagefolder, or the bundled photos."""
+    if data_args.dataset_name is None and data_args.train_file is None and data_args.train_dir is None:
+        logger.info("No data source given: training on crops of the photos bundled with scikit-learn.")
+        train = bundled_photo_crops(data_args.bundled_train_crops, image_size, (0.0, 0.75), seed)
+        validation = bundled_photo_crops(data_args.bundled_validation_crops, image_size, (0.75, 1.0), seed + 1)
+        return train, validation, "image"
+    if data_args.dataset_name is not None:
+        raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir)
+    elif data_args.train_file is not None:
+        files = {"train": data_args.train_file, "validation": data_args.validation_file}
+        raw = datasets.load_dataset("parquet", data_files={k: v for k, v in files.items() if v})
+    else:
+        folders = {"train": data_args.train_dir, "validation": data_args.validation_dir}
+        raw = datasets.load_dataset("imagefolder", data_files={k: os.path.join(v, "**") for k, v in folders.items() if v})
+
+    validation_name = next((name for name in ("validation", "valid", "val") if name in raw), None)
+    if validation_name is None:
+        split = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
+        train, validation = split["train"], split["test"]
+    else:
+        train, validation = raw["train"], raw[validation_name]
+    column = data_args.image_column or next((c for c in IMAGE_COLUMNS if c in train.column_names), None)
+    if column not in train.column_names:
+        raise ValueError(f"No image column {column or IMAGE_COLUMNS} in {train.column_names}; pass --image_column.")
+    if data_args.max_train_samples is not None:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if data_args.max_eval_samples is not None:
+        validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
+    return train, validation, column
+
+
+def pixel_transform(processor: IGPTImageProcessor, column: str, flip: bool):
+    """A `with_transform` function: images -> {"pixel_values": (B, 3, IR, IR)} in [-1, 1], randomly mirrored if `flip`."""
+
+    def transform(batch):
+        pixel_values = processor(batch[column], do_color_quantize=False, return_tensors="pt")["pixel_values"]
+        if flip:
+            mirrored = torch.rand(len(pixel_values)) < 0.5
+            pixel_values[mirrored] = pixel_values[mirrored].flip(-1)
+        return {"pixel_values": pixel_values}
+
+    return transform
+
+
+def collate(examples: list[dict]) -> dict:
+    return {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class VQVAETrainer(Trainer):
+    """A Trainer whose evaluation reports what a VQ-VAE is judged by: reconstruction MSE and PSNR, and codebook use."""
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        model = self.model.eval()
+        config = model.config
+        squared_error = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        num_values = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        num_images = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        usage = torch.zeros(config.codebook_size, dtype=torch.float64, device=self.args.device)  # (K,)
+        with torch.no_grad():
+            for batch in self.get_eval_dataloader(eval_dataset):
+                pixel_values = self._prepare_inputs(batch)["pixel_values"]
+                output = model(pixel_values)
+                squared_error += (output.reconstruction.clamp(-1, 1) - pixel_values).double().pow(2).sum()
+                num_values += pixel_values.numel()
+                loss_sum += output.loss.double() * len(pixel_values)
+                num_images += len(pixel_values)
+                usage += torch.bincount(output.codes.flatten(), minlength=config.codebook_size).double()
+        totals = (squared_error, num_values, loss_sum, num_images, usage)
+        squared_error, num_values, loss_sum, num_images, usage = (
+            self.accelerator.reduce(total, reduction="sum") for total in totals
+        )
+
+        mse = (squared_error / num_values).item()
+        probs = usage / usage.sum()
+        tokens_per_step = self.args.per_device_train_batch_size * self.args.world_size * config.latent_size**2
+        metrics = {
+            "loss": (loss_sum / num_images).item(),
+            "mse": mse,
+            "psnr": 10 * math.log10(4 / mse) if mse > 0 else float("inf"),
+            "perplexity": torch.exp(-(probs * torch.log(probs.clamp_min(1e-30))).sum()).item(),
+            "codes_used": int((usage > 0).sum()),
+            "unused_codes": int((usage == 0).sum()),  # never chosen on this split
+            "dead_codes": int(model.quantizer.dead_code_mask(tokens_per_step / config.codebook_size).sum()),  # EMA
+        }
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def save_reconstructions(model: IGPTVQVAEModel, dataset, count: int, path: str, per_row: int = 8) -> None:
+    """Rows of `per_row` validation images, each followed by a row of their reconstructions through the codes."""
+    pixel_values = collate([dataset[index] for index in range(min(count, len(dataset)))])["pixel_values"]
+    reconstructions = model.decode(model.encode(pixel_values.to(model.device, model.dtype))).cpu()
+
+    def to_uint8(images):  # (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8
+        return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    originals, reconstructed = to_uint8(pixel_values), to_uint8(reconstructions)
+    tiles = []
+    for start in range(0, len(originals), per_row):
+        tiles += list(originals[start : start + per_row]) + list(reconstructed[start : start + per_row])
+    make_image_grid(tiles, nrow=min(per_row, len(originals))).save(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def parse_config_overrides(overrides: str | None) -> dict:
+    """'latent_size=16,commitment_cost=0.05' -> {'latent_size': 16, 'commitment_cost': 0.05}."""
+    if not overrides:
+        return {}
+    parsed = {}
+    for item in overrides.split(","):
+        key, _, value = item.partition("=")
+        try:
+            parsed[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError) as error:
+            raise ValueError(f"--config_overrides: cannot read {item!r} as key=value") from error
+    return parsed
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.set_defaults(**vqvae_defaults())
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler()])
+    logger.setLevel(training_args.get_process_log_level())
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    set_seed(training_args.seed)
+
+    if model_args.model_name_or_path is not None:
+        model = IGPTVQVAEModel.from_pretrained(model_args.model_name_or_path)
+    else:
+        config = IGPTVQVAEConfig(image_size=model_args.image_size, **parse_config_overrides(model_args.config_overrides))
+        model = IGPTVQVAEModel(config)
+    image_size = model.config.image_size
+    processor = IGPTImageProcessor(size={"height": image_size, "width": image_size}, do_color_quantize=False)
+    logger.info(
+        f"VQ-VAE {image_size}x{image_size} -> {model.config.latent_size}x{model.config.latent_size} codes from "
+        f"{model.config.codebook_size}; {model.num_parameters():,} parameters in encoder + decoder"
+    )
+
+    train, validation, column = load_splits(data_args, image_size, training_args.seed)
+    train = train.with_transform(pixel_transform(processor, column, flip=True))
+    validation = validation.with_transform(pixel_transform(processor, column, flip=False))
+
+    trainer = VQVAETrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=collate,
+        processing_class=processor,
+    )
+    metrics = {}
+    if training_args.do_train or not training_args.do_eval:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # model (safetensors) + processor
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        metrics.update(result.metrics)
+
+    eval_metrics = trainer.evaluate()
+    trainer.log_metrics("eval", eval_metrics)
+    trainer.save_metrics("eval", eval_metrics)
+    metrics.update(eval_metrics)
+    if trainer.is_world_process_zero():
+        save_reconstructions(
+            model.eval(), validation, data_args.num_reconstructions, os.path.join(training_args.output_dir, "reconstructions.png")
+        )
+    if training_args.push_to_hub:
+        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, tags=["igpt", "vq-vae"])
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
