@@ -64,7 +64,12 @@ class DataArguments:
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub datasets are cached."})
 
-    def __post_init__(self):
+    @property
+    def has_source(self) -> bool:
+        return any(source is not None for source in (self.dataset_name, self.train_file, self.train_dir))
+
+    def check(self):
+        """Fail on impossible arguments before anything is loaded."""
         sources = [self.dataset_name is not None, self.train_file is not None, self.train_dir is not None]
         if sum(sources) != 1:
             raise ValueError("Give exactly one data source: --dataset_name, --train_file (parquet) or --train_dir.")
@@ -152,6 +157,7 @@ def load_image_splits(
     `with_labels` finds the label column (and fails early if there is none); `with_test` carves a test split from
     train as well when the data has none (with a warning: results on it are then not comparable to published ones).
     """
+    data_args.check()
     raw = load_raw(data_args)
     splits = datasets.DatasetDict({name: raw[name] for name in raw})
     for name in VALIDATION_SPLITS:
@@ -290,11 +296,17 @@ class ImageTokenizer:
         return make_image_grid(self.decode(token_ids), nrow=nrow)
 
 
-def tokenize_transform(tokenizer: ImageTokenizer, image_column: str, label_column: str | None = None):
-    """A `with_transform` function: a batch of images (and labels) -> {"pixel_ids": (B, N)[, "labels": (B,)]}."""
+def tokenize_transform(
+    tokenizer: ImageTokenizer, image_column: str, label_column: str | None = None, augment_padding: int = 0
+):
+    """A `with_transform` function: a batch of images (and labels) -> {"pixel_ids": (B, N)[, "labels": (B,)]},
+    with the paper's random pad-crop-flip when `augment_padding` > 0 (training splits only)."""
 
     def transform(batch):
-        output = {"pixel_ids": tokenizer(batch[image_column])}
+        pixel_ids = tokenizer(batch[image_column])  # (B, N)
+        if augment_padding:
+            pixel_ids = random_pad_crop_flip(pixel_ids, tokenizer.grid_size, augment_padding)
+        output = {"pixel_ids": pixel_ids}
         if label_column is not None:
             output["labels"] = torch.as_tensor(batch[label_column])
         return output
@@ -328,17 +340,13 @@ class PretrainingCollator:
 
 @dataclass
 class ClassificationCollator:
-    """pixel_ids (B, N) and labels (B,) -> the classifier's inputs, optionally augmented (training only)."""
+    """pixel_ids (B, N) and labels (B,) -> the classifier's input_ids (as `model_inputs`) and labels."""
 
     objective: str
     start_token_id: int
-    grid_size: tuple[int, int]
-    augment_padding: int = 0
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         pixel_ids = torch.stack([example["pixel_ids"] for example in examples])  # (B, N)
-        if self.augment_padding:
-            pixel_ids = random_pad_crop_flip(pixel_ids, self.grid_size, self.augment_padding)
         return {
             "input_ids": model_inputs(pixel_ids, self.objective, self.start_token_id),
             "labels": torch.stack([torch.as_tensor(example["labels"]) for example in examples]),
