@@ -99,7 +99,7 @@ class IGPTVQVAEQuantizer(nn.Module):
         """Index of the nearest code for each row of `latents` (N, D) -> (N,).
 
         Chunked so that the (tokens, codes) distance matrix stays about 1 GB at the paper's 4,096 codes."""
-        codebook = self.codebook
+        codebook = self.codebook.float()
         codebook_sq = codebook.pow(2).sum(1)  # (K,)
         codes = []
         for chunk in latents.float().split(chunk_size):
@@ -112,15 +112,15 @@ class IGPTVQVAEQuantizer(nn.Module):
         """latents (N, D) -> codes (N,), quantized (N, D) from the codebook before this step's update, dead count."""
         codes = self.quantize(latents)
         quantized = F.embedding(codes, self.codebook).to(latents.dtype)  # (N, D), a copy: safe from the update
-        dead_codes = self.update(latents.detach().float(), codes) if self.training else None
+        dead_codes = self.update(latents.detach().to(self.codebook.dtype), codes) if self.training else None
         return codes, quantized, dead_codes
 
     @torch.no_grad()
     def update(self, latents: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """One EMA step on the batch `latents` (N, D) assigned to `codes` (N,), then revival. Returns the dead count."""
-        counts = torch.bincount(codes, minlength=self.codebook_size).float()  # (K,) n_i
+        counts = torch.bincount(codes, minlength=self.codebook_size).to(latents.dtype)  # (K,) n_i
         sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, codes, latents)  # (K, D) s_i
-        num_tokens = torch.tensor(float(codes.numel()), device=codes.device)
+        num_tokens = torch.tensor(float(codes.numel()), device=codes.device)  # float32 even if the buffers are not
         for statistic in (counts, sums, num_tokens):
             _all_reduce_sum_(statistic)
 
@@ -296,7 +296,7 @@ class IGPTVQVAEModel(IGPTVQVAEPreTrainedModel):
         if codes.dtype.is_floating_point or codes.min() < 0 or codes.max() >= self.config.codebook_size:
             raise ValueError(f"codes must be integers in [0, {self.config.codebook_size}).")
         quantized = F.embedding(codes, self.quantizer.codebook).permute(0, 3, 1, 2)  # (B, D, h, w)
-        return self.decoder(quantized).clamp(-1, 1)
+        return self.decoder(quantized.to(self.dtype)).clamp(-1, 1)
 
     def forward(self, pixel_values: torch.Tensor) -> IGPTVQVAEOutput:
         self._check_pixel_values(pixel_values)
