@@ -128,7 +128,12 @@ def size_name(config) -> str:
 
 
 def read_metrics(paths: list[Path]) -> dict:
-    """Merge the runs' JSON files into {bits_per_dim: {split: v}, accuracy: {split: v}, probe: {layers, best_layer}}."""
+    """Merge the runs' JSON files into {bits_per_dim: {split: v}, accuracy: {split: v}, probe: {layers, best_layer}}.
+
+    Reads Trainer's `eval_results.json` / `test_results.json` / `all_results.json` (`eval_bits_per_dim`, or
+    `eval_loss` in nats, `eval_accuracy`, `test_accuracy`) and examples/run_linear_probe.py's `probe_results.json`
+    (`layers`: [{layer, validation_accuracy, test_accuracy}], `best_layer` chosen on validation).
+    """
     metrics = {"bits_per_dim": {}, "accuracy": {}, "probe": {}}
     for path in paths:
         values = json.loads(Path(path).read_text())
@@ -136,11 +141,13 @@ def read_metrics(paths: list[Path]) -> dict:
             raise ValueError(f"{path}: expected a JSON object of metrics, got {type(values).__name__}")
         for key, value in values.items():
             split, _, name = key.partition("_")
+            if split not in ("eval", "test"):
+                continue
             if name == "bits_per_dim":
                 metrics["bits_per_dim"][split] = float(value)
-            elif name == "loss" and split in ("eval", "test") and f"{split}_bits_per_dim" not in values:
+            elif name == "loss" and f"{split}_bits_per_dim" not in values:
                 metrics["bits_per_dim"].setdefault(split, float(value) / math.log(2))  # nats per token -> bits
-            elif name == "accuracy" and split in ("eval", "test"):
+            elif name == "accuracy":
                 metrics["accuracy"][split] = float(value)
         layers = _probe_layers(values)
         if layers:

@@ -26,8 +26,17 @@ from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageCl
 
 
 CLUSTERS, HEIGHT, WIDTH = 8, 6, 6
-PROBE = {"layer_accuracies": {"0": 0.31, "1": 0.62, "2": 0.48}, "best_layer": 1}
-PRETRAINING = {"eval_loss": 1.7, "eval_bits_per_dim": 2.4526, "train_loss": 1.9}
+# Shaped like examples/run_linear_probe.py's probe_results.json and Trainer's all_results.json.
+PROBE = {
+    "layers": [
+        {"layer": 0, "C": 1.0, "validation_accuracy": 0.30, "test_accuracy": 0.31},
+        {"layer": 1, "C": 0.1, "validation_accuracy": 0.60, "test_accuracy": 0.62},
+        {"layer": 2, "C": 1.0, "validation_accuracy": 0.55, "test_accuracy": 0.48},
+    ],
+    "best_layer": 1, "best_layer_test_accuracy": 0.62,
+    "low_data": [{"labels_per_class": 4, "test_accuracies": [0.2], "mean": 0.2, "std": 0.0}],
+}
+PRETRAINING = {"epoch": 1.0, "eval_loss": 1.7, "eval_bits_per_dim": 2.4526, "train_loss": 1.9, "train_bits_per_dim": 2.74}
 CLASSIFICATION = {"eval_accuracy": 0.81, "test_accuracy": 0.79}
 SECTIONS = ["## The palette", "## How to use", "## Training data and hyperparameters", "## Evaluation",
             "## Limitations", "## Citation"]
@@ -125,7 +134,8 @@ def test_generative_card_metadata_and_sections(published):
     results = {result.metric_type: result for result in data.eval_results}
     assert results["bits_per_dim"].metric_value == PRETRAINING["eval_bits_per_dim"]
     best = PROBE["best_layer"]
-    assert results["accuracy"].metric_value == PROBE["layer_accuracies"][str(best)]
+    assert results["accuracy"].metric_value == PROBE["best_layer_test_accuracy"]
+    assert [result.dataset_split for result in data.eval_results] == ["eval", None]  # no training-set numbers
     assert results["accuracy"].task_name == f"Linear probe on f^{best}"
     gallery = [entry["output"]["url"] for entry in data.widget]
     assert gallery == ["images/samples.png", "images/completions.png", "images/inputs.png"]
