@@ -16,6 +16,7 @@ from .modeling_igpt import (
     IGPTModel,
     IGPTPreTrainedModel,
 )
+from .pipeline_igpt import IGPTImageGenerationPipeline  # registers "unconditional-image-generation"
 
 
 AutoConfig.register("igpt", IGPTConfig, exist_ok=True)
@@ -36,4 +37,5 @@ __all__ = [
     "IGPTForCausalImageModeling",
     "IGPTForMaskedImageModeling",
     "IGPTForImageClassification",
+    "IGPTImageGenerationPipeline",
 ]

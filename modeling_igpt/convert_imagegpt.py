@@ -112,7 +112,8 @@ def convert_imagegpt_to_igpt(source_dir: str | os.PathLike, target_dir: str | os
             f"The palette has {len(clusters)} clusters but the model's vocabulary expects {target.config.vocab_size - 1}"
         )
     target.save_pretrained(target_dir)
-    IGPTImageProcessor(clusters=clusters, size=processor.get("size")).save_pretrained(target_dir)
+    # from_dict keeps ImageGPT's preprocessing (a stretch to `size`, no centre crop): same image, same tokens.
+    IGPTImageProcessor.from_dict(processor).save_pretrained(target_dir)
     return target
 
 
