@@ -60,7 +60,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Give one of --dataset_name, --train_file (parquet) or --train_dir (imagefolder); none trains on bundled photos."""
+    """One of --dataset_name, --train_file (parquet) or --train_dir (imagefolder); none trains on bundled photos."""
 
     dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
@@ -133,13 +133,16 @@ def load_splits(data_args: DataArguments, image_size: int, seed: int) -> tuple[d
         validation = bundled_photo_crops(data_args.bundled_validation_crops, image_size, (0.75, 1.0), seed + 1)
         return train, validation, "image"
     if data_args.dataset_name is not None:
-        raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir)
+        raw = datasets.load_dataset(
+            data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir
+        )
     elif data_args.train_file is not None:
         files = {"train": data_args.train_file, "validation": data_args.validation_file}
         raw = datasets.load_dataset("parquet", data_files={k: v for k, v in files.items() if v})
     else:
         folders = {"train": data_args.train_dir, "validation": data_args.validation_dir}
-        raw = datasets.load_dataset("imagefolder", data_files={k: os.path.join(v, "**") for k, v in folders.items() if v})
+        files = {k: os.path.join(v, "**") for k, v in folders.items() if v}
+        raw = datasets.load_dataset("imagefolder", data_files=files)
 
     validation_name = next((name for name in ("validation", "valid", "val") if name in raw), None)
     if validation_name is None:
@@ -158,7 +161,8 @@ def load_splits(data_args: DataArguments, image_size: int, seed: int) -> tuple[d
 
 
 def pixel_transform(processor: IGPTImageProcessor, column: str, flip: bool):
-    """A `with_transform` function: images -> {"pixel_values": (B, 3, IR, IR)} in [-1, 1], randomly mirrored if `flip`."""
+    """A `with_transform` function: images -> {"pixel_values": (B, 3, IR, IR)} in [-1, 1], mirrored at random if
+    `flip`."""
 
     def transform(batch):
         pixel_values = processor(batch[column], do_color_quantize=False, return_tensors="pt")["pixel_values"]
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.set_defaults(**vqvae_defaults())
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler()])
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.WARNING)
     logger.setLevel(training_args.get_process_log_level())
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
@@ -267,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if model_args.model_name_or_path is not None:
         model = IGPTVQVAEModel.from_pretrained(model_args.model_name_or_path)
     else:
-        config = IGPTVQVAEConfig(image_size=model_args.image_size, **parse_config_overrides(model_args.config_overrides))
+        overrides = parse_config_overrides(model_args.config_overrides)
+        config = IGPTVQVAEConfig(image_size=model_args.image_size, **overrides)
         model = IGPTVQVAEModel(config)
     image_size = model.config.image_size
     processor = IGPTImageProcessor(size={"height": image_size, "width": image_size}, do_color_quantize=False)
@@ -301,9 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_metrics("eval", eval_metrics)
     metrics.update(eval_metrics)
     if trainer.is_world_process_zero():
-        save_reconstructions(
-            model.eval(), validation, data_args.num_reconstructions, os.path.join(training_args.output_dir, "reconstructions.png")
-        )
+        grid_path = os.path.join(training_args.output_dir, "reconstructions.png")
+        save_reconstructions(model.eval(), validation, data_args.num_reconstructions, grid_path)
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, tags=["igpt", "vq-vae"])
     return metrics

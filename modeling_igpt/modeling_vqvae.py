@@ -76,11 +76,12 @@ class IGPTVQVAEQuantizer(nn.Module):
 
     The statistics start as if every code had been chosen once at its initial value (N = 1, m = e), so a code that
     no data reaches keeps its value while its usage decays (until N nears epsilon, when the smoothing pulls it to
-    zero; revival moves it long before). Revival (Chen et al., 2020, A.2): a code whose EMA usage
-    N_i falls below `dead_code_threshold` x the expected usage (tokens per batch / codebook size) is dead; it is
-    moved next to a live code, drawn in proportion to usage so that busy codes are split first, plus a little
-    noise, and given the threshold usage: it survives the next step only if it wins at least the threshold share of
-    the data, and is otherwise moved again.
+    zero; revival moves it long before).
+
+    Revival (Chen et al., 2020, A.2): a code whose EMA usage N_i falls below `dead_code_threshold` x the expected
+    usage (tokens per batch / codebook size) is dead. It is moved next to a live code, drawn in proportion to usage
+    so that busy codes are split first, plus a little noise, and given the threshold usage: it survives the next step
+    only if it wins at least the threshold share of the data, and is otherwise moved again.
     """
 
     def __init__(self, config: IGPTVQVAEConfig):
@@ -145,7 +146,8 @@ class IGPTVQVAEQuantizer(nn.Module):
         """Move the `dead` (K,) codes next to live ones drawn in proportion to their usage."""
         live = (~dead).nonzero().squeeze(1)  # (L,)
         num_dead = int(dead.sum())
-        donors = live[torch.multinomial(self.ema_cluster_size[live], num_dead, replacement=True)]  # (num_dead,)
+        usage = self.ema_cluster_size[live].float()  # (L,)
+        donors = live[torch.multinomial(usage, num_dead, replacement=True)]  # (num_dead,)
         noise = torch.randn(num_dead, latents.shape[1], device=latents.device) * latents.std(0)  # (num_dead, D)
         self.codebook[dead] = self.codebook[donors] + self.dead_code_noise * noise
         revived_usage = self.dead_code_threshold * expected_usage

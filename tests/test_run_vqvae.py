@@ -14,13 +14,15 @@ from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_vqvae.py"
-TINY = ["--image_size", "32", "--config_overrides", "latent_size=16,codebook_size=64", "--bundled_validation_crops", "16"]
+TINY = ["--image_size", "32", "--config_overrides", "latent_size=16,codebook_size=64"]
+TINY += ["--bundled_validation_crops", "16"]
 
 
 def run_script(*arguments):
     # One OpenMP thread: on a shared 2-core machine two threads competing with other processes run ~10x slower.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(SCRIPT), *arguments], env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(SCRIPT), *arguments]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
 
 

@@ -240,7 +240,8 @@ def test_save_and_load_round_trip(tmp_path):
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "modeling_vqvae.py").exists()
 
     pixel_values = random_pixels(2, 32, seed=1)
-    for loaded in (IGPTVQVAEModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path, trust_remote_code=True)):
+    remote = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)  # the Hub path: the files saved with it
+    for loaded in (IGPTVQVAEModel.from_pretrained(tmp_path), remote):
         state = loaded.state_dict()
         assert state.keys() == model.state_dict().keys()
         for name, tensor in model.state_dict().items():
