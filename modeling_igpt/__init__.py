@@ -9,6 +9,7 @@ from transformers import (
 )
 
 from .configuration_igpt import IGPTConfig
+from .configuration_vqvae import IGPTVQVAEConfig
 from .modeling_igpt import (
     IGPTForCausalImageModeling,
     IGPTForImageClassification,
@@ -16,10 +17,13 @@ from .modeling_igpt import (
     IGPTModel,
     IGPTPreTrainedModel,
 )
+from .modeling_vqvae import IGPTVQVAEModel, IGPTVQVAEOutput, IGPTVQVAEPreTrainedModel, IGPTVQVAEQuantizer
 from .pipeline_igpt import IGPTImageGenerationPipeline  # registers "unconditional-image-generation"
 
 
 AutoConfig.register("igpt", IGPTConfig, exist_ok=True)
+AutoConfig.register("igpt_vqvae", IGPTVQVAEConfig, exist_ok=True)
+AutoModel.register(IGPTVQVAEConfig, IGPTVQVAEModel, exist_ok=True)
 IGPTConfig.register_for_auto_class()
 for auto_class, model_class in (
     (AutoModel, IGPTModel),
@@ -38,4 +42,9 @@ __all__ = [
     "IGPTForMaskedImageModeling",
     "IGPTForImageClassification",
     "IGPTImageGenerationPipeline",
+    "IGPTVQVAEConfig",
+    "IGPTVQVAEPreTrainedModel",
+    "IGPTVQVAEModel",
+    "IGPTVQVAEOutput",
+    "IGPTVQVAEQuantizer",
 ]

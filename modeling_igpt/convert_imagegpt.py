@@ -69,11 +69,16 @@ def igpt_to_imagegpt_config(source: IGPTConfig) -> ImageGPTConfig:
 
 
 def _copy_weights(source: torch.nn.Module, target: torch.nn.Module):
-    """Load `source`'s parameters into `target` by name; heads the source lacks keep the target's (zero) init."""
+    """Load `source`'s parameters into `target` by name.
+
+    Only a classifier's generative head may differ: IGPT classifiers carry one for L_gen (zero-initialised when the
+    source has none), transformers' ImageGPT classifiers have none (it is dropped on the way back).
+    """
     weights = {name: tensor for name, tensor in source.state_dict().items() if not name.endswith((".attn.bias", ".attn.masked_bias"))}
     missing, unexpected = target.load_state_dict(weights, strict=False)
-    allowed_missing = {"lm_head.weight"}  # an ImageGPT classifier has no generative head
-    if unexpected or set(missing) - allowed_missing:
+    classifier = any(isinstance(model, (ImageGPTForImageClassification, IGPTForImageClassification)) for model in (source, target))
+    allowed = {"lm_head.weight"} if classifier else set()
+    if set(unexpected) - allowed or set(missing) - allowed:
         raise ValueError(f"Weights do not match: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
 
 

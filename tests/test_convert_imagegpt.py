@@ -1,0 +1,79 @@
+"""`python -m modeling_igpt.convert_imagegpt`: ImageGPT -> IGPT -> ImageGPT keeps logits, palette and tokens."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_sample_images
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    ImageGPTConfig,
+    ImageGPTForCausalImageModeling,
+    ImageGPTForImageClassification,
+    ImageGPTImageProcessorPil,
+)
+
+from image_processing import IGPTImageProcessor
+from modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification
+
+
+CLUSTERS, SIDE = 8, 6
+
+
+def imagegpt_folder(folder, model_class):
+    config = ImageGPTConfig(vocab_size=CLUSTERS + 1, n_positions=SIDE * SIDE, n_embd=16, n_layer=2, n_head=2, num_labels=3)
+    model = model_class(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    model.save_pretrained(folder)
+    palette = np.random.default_rng(0).uniform(-1, 1, (CLUSTERS, 3))
+    ImageGPTImageProcessorPil(clusters=palette, size={"height": SIDE, "width": SIDE}).save_pretrained(folder)
+    return model
+
+
+def convert(*args):
+    result = subprocess.run([sys.executable, "-m", "modeling_igpt.convert_imagegpt", *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    "source_class, target_class",
+    [(ImageGPTForCausalImageModeling, IGPTForCausalImageModeling), (ImageGPTForImageClassification, IGPTForImageClassification)],
+)
+def test_round_trip_through_the_command_line(tmp_path, source_class, target_class):
+    source = imagegpt_folder(tmp_path / "imagegpt", source_class)
+    assert "Wrote" in convert(tmp_path / "imagegpt", tmp_path / "igpt")
+    converted = target_class.from_pretrained(tmp_path / "igpt").eval()
+    tokens = torch.randint(0, CLUSTERS, (2, SIDE * SIDE))
+    with torch.no_grad():
+        assert torch.allclose(converted(tokens).logits, source(tokens).logits, rtol=1e-5, atol=1e-6)
+
+    photo = load_sample_images().images[1][::8, ::8]
+    theirs = AutoImageProcessor.from_pretrained(tmp_path / "imagegpt")
+    ours = IGPTImageProcessor.from_pretrained(tmp_path / "igpt")
+    assert np.array_equal(ours(photo, return_tensors="np")["input_ids"], theirs(photo, return_tensors="np")["input_ids"])
+
+    convert(tmp_path / "igpt", tmp_path / "back", "--reverse")
+    back = source_class.from_pretrained(tmp_path / "back").eval()
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name
+    assert np.allclose(AutoImageProcessor.from_pretrained(tmp_path / "back").clusters, theirs.clusters)
+
+
+def test_palette_and_vocabulary_must_agree(tmp_path):
+    imagegpt_folder(tmp_path / "imagegpt", ImageGPTForCausalImageModeling)
+    ImageGPTImageProcessorPil(clusters=np.zeros((CLUSTERS + 2, 3)), size={"height": SIDE, "width": SIDE}).save_pretrained(
+        tmp_path / "imagegpt"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "modeling_igpt.convert_imagegpt", str(tmp_path / "imagegpt"), str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0 and "palette has 10 clusters" in result.stderr
+    assert not (tmp_path / "out").exists()
