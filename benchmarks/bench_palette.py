@@ -25,7 +25,7 @@ def _inertia(pixels: np.ndarray, clusters: np.ndarray) -> float:
     return float(nearest_centres(pixels, clusters)[0].sum())
 
 
-def run(quick: bool = False, data_dir: str | Path = DEFAULT_DATA_DIR, n_images: int = 10_000, n_subsample: int = 1_000_000):
+def run(quick: bool = False, data_dir=DEFAULT_DATA_DIR, n_images: int = 10_000, n_subsample: int = 1_000_000) -> dict:
     if quick:
         n_images, n_subsample = 1000, 100_000
     train = load_dataset("parquet", data_files=str(Path(data_dir) / "train.parquet"), split="train")

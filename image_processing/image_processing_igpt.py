@@ -1,9 +1,8 @@
-# Copyright 2025 The igpt authors. Licensed under the Apache License, Version 2.0.
 """Image GPT image processor: pictures <-> token ids (Chen et al., 2020, "Generative Pretraining from Pixels").
 
-The paper (section 3.2) shrinks each image to the input resolution and replaces every RGB pixel by the index of its
-nearest colour cluster, found by k-means (k = 512) over the pixels of the training set with values in [-1, 1]; the
-sequence is read in raster order. `IGPTImageProcessor` does exactly that and the way back (`decode`).
+The paper ("Context Reduction") shrinks each image to the input resolution and replaces every RGB pixel by the index
+of its nearest colour cluster, found by k-means (k = 512) over the pixels of the training set with values in [-1, 1];
+the sequence is read in raster order. `IGPTImageProcessor` does exactly that and the way back (`decode`).
 
 This file is copied to the Hugging Face Hub next to a model, so it imports only numpy, PIL, torch and transformers.
 """
@@ -395,8 +394,12 @@ class IGPTImageProcessor(PilBackend):
         input_ids = quantize(batch, levels, clusters).reshape(len(batch), -1)  # (B, H*W) raster order
         return BatchFeature(data={"input_ids": input_ids}, tensor_type=return_tensors)
 
+    def processed_levels(self) -> np.ndarray:
+        """(3, 256) float32: what this processor turns each 8-bit level of each channel into."""
+        return pixel_levels(self.do_rescale, self.rescale_factor, self.do_normalize, self.image_mean, self.image_std)
+
     def _check_clusters(self, clusters) -> np.ndarray | None:
-        levels = pixel_levels(self.do_rescale, self.rescale_factor, self.do_normalize, self.image_mean, self.image_std)
+        levels = self.processed_levels()
         return check_clusters(clusters, float(levels.min()), float(levels.max()))
 
     # -- decoding ------------------------------------------------------------------------------------------------------

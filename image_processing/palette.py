@@ -1,6 +1,5 @@
-# Copyright 2025 The igpt authors. Licensed under the Apache License, Version 2.0.
-"""Palette fitting: k-means over the RGB pixels of a dataset (Chen et al., 2020, section 3.2: k = 512, pixels in
-[-1, 1]), returning an `IGPTImageProcessor` ready to save.
+"""Palette fitting: k-means over the RGB pixels of a dataset (Chen et al., 2020, "Context Reduction": k = 512,
+pixels in [-1, 1]), returning an `IGPTImageProcessor` ready to save.
 
 Pixels only take 256^3 values, so the data is first reduced to its distinct colours and their counts; weighted Lloyd
 iterations on those are exactly k-means on every pixel, at a fraction of the cost (10.24 M CIFAR-10 pixels hold about
@@ -8,7 +7,6 @@ iterations on those are exactly k-means on every pixel, at a fraction of the cos
 step uses faiss when installed, else torch.
 """
 
-import logging
 import warnings
 
 import numpy as np
@@ -18,14 +16,11 @@ from tqdm.auto import tqdm
 from .image_processing_igpt import (
     IGPTImageProcessor,
     pack_colours,
-    pixel_levels,
     resize_rgb,
     to_rgb_uint8,
     unpack_colours,
 )
 
-
-logger = logging.getLogger(__name__)
 
 N_COLOURS = 1 << 24
 FLUSH_PIXELS = 1 << 22
@@ -71,9 +66,7 @@ def fit_palette(
     colours = np.flatnonzero(counts)  # (m,) distinct 24-bit colours
     if len(colours) == 0:
         raise ValueError("fit_palette got no pixels.")
-    levels = pixel_levels(
-        processor.do_rescale, processor.rescale_factor, processor.do_normalize, processor.image_mean, processor.image_std
-    )
+    levels = processor.processed_levels()  # (3, 256)
     points = levels[np.arange(3), unpack_colours(colours)]  # (m, 3) in the processed space, [-1, 1] by default
     if len(colours) <= n_clusters:
         if len(colours) < n_clusters:
@@ -130,7 +123,8 @@ def _iter_pixels(images, processor, max_pixels, seed, image_column):
     for image in images:
         rgb = to_rgb_uint8(image)  # (H, W, 3)
         if processor is not None:
-            rgb = resize_rgb(rgb, processor.size.height, processor.size.width, processor.resample, processor.do_center_crop)
+            size = processor.size
+            rgb = resize_rgb(rgb, size.height, size.width, processor.resample, processor.do_center_crop)
         yield rgb.reshape(-1, 3)
 
 

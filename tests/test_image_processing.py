@@ -37,7 +37,8 @@ def random_images(n, height=32, width=32, seed=0):
 def photos():
     """The two scikit-learn sample photos (427 x 640), shrunk, plus 32 x 32 crops of them."""
     images = [PIL.Image.fromarray(image).resize((160, 107)) for image in load_sample_images().images]
-    crops = [image.crop((x, y, x + 32, y + 32)) for image in images for x in range(0, 128, 16) for y in range(0, 75, 25)]
+    corners = [(x, y) for x in range(0, 128, 16) for y in range(0, 75, 25)]
+    crops = [image.crop((x, y, x + 32, y + 32)) for image in images for x, y in corners]
     return images, crops
 
 
@@ -92,7 +93,8 @@ def test_pixel_values_identical_to_transformers(photos):
 
 def test_loads_transformers_config_unchanged(tmp_path, photos, photo_palette):
     ImageGPTImageProcessorPil(clusters=photo_palette.tolist(), size=SQUARE).save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["image_processor_type"] == "ImageGPTImageProcessor"
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "ImageGPTImageProcessor"
     ours = IGPTImageProcessor.from_pretrained(tmp_path)
     assert not ours.do_center_crop  # transformers stretches: kept
     assert np.array_equal(ours.clusters, photo_palette)

@@ -124,3 +124,13 @@ def test_command_line_writes_a_processor_folder(tmp_path, photos):
     loaded = IGPTImageProcessor.from_pretrained(out)
     expected = fit_palette(photos, n_clusters=8, size=32, progress=False)
     assert np.array_equal(loaded.clusters, expected.clusters)
+
+
+def test_command_line_module_does_not_shadow_the_function():
+    import importlib
+    import types
+
+    import image_processing
+
+    importlib.import_module("image_processing.fit_palette")
+    assert isinstance(image_processing.fit_palette, types.FunctionType)
