@@ -160,19 +160,23 @@ def pixel_levels(do_rescale, rescale_factor, do_normalize, image_mean, image_std
     return levels
 
 
-def nearest_cluster(pixels: np.ndarray, clusters: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def nearest_cluster(pixels: np.ndarray, clusters: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """(N, 3) processed pixels, (K, 3) clusters -> (N,) int64 index of the nearest cluster.
 
-    Same formula and dtypes as transformers' ImageGPT `squared_euclidean_distance` (|a|^2 - 2ab + |b|^2, float64 when
-    the clusters are float64), and argmin keeps the lowest index among equal distances.
+    Same formula, dtypes and rounding as transformers' ImageGPT `squared_euclidean_distance` (|a|^2 - 2ab + |b|^2,
+    float64 when the clusters are float64; in place, which rounds identically), and argmin keeps the lowest index
+    among equal distances.
     """
     b = clusters.T  # (3, K)
     b2 = np.sum(np.square(b), axis=0)  # (K,)
     out = np.empty(len(pixels), dtype=np.int64)
+    buffer = np.empty((min(chunk, len(pixels)), len(clusters)), dtype=np.result_type(pixels, clusters))
     for start in range(0, len(pixels), chunk):
         a = pixels[start : start + chunk]  # (n, 3)
-        a2 = np.sum(np.square(a), axis=1)  # (n,)
-        d = a2[:, None] - 2 * np.matmul(a, b) + b2[None, :]  # (n, K)
+        d = np.matmul(a.astype(buffer.dtype), b, out=buffer[: len(a)])  # (n, K): ab
+        d *= -2
+        d += np.sum(np.square(a), axis=1)[:, None]  # |a|^2 - 2ab
+        d += b2  # ... + |b|^2
         out[start : start + chunk] = np.argmin(d, axis=1)
     return out
 
