@@ -299,6 +299,13 @@ class IGPTImageProcessor(PilBackend):
 
     The vocabulary of a model using this processor is `n_clusters + 1`: the start-of-sequence token is
     `start_token_id == n_clusters`, as in ImageGPT.
+
+    Tokens equal transformers' `ImageGPTImageProcessorPil` for the same palette and 8-bit input: each pixel is decided
+    by the same float64 arithmetic (palettes are stored as float64, as JSON gives them). Two known differences: a
+    float32 palette passed to transformers as an array is compared in float32 there, so a pixel within ~1e-7 of a tie
+    may go the other way; and float images that need resizing are rounded to 8 bits here, truncated there.
+    Batches of at least 65,536 pixels read their answers from a per-palette table of all 256^3 colours, filled in as
+    colours are first met (steady-state tokenization is a table lookup); smaller calls search directly.
     """
 
     model_input_names = ["input_ids"]
