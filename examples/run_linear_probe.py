@@ -127,6 +127,7 @@ def plot_accuracy(results: dict, path: str):
     axes.plot(layers, [entry["validation_accuracy"] for entry in results["layers"]], "s--", alpha=0.6, label="validation")
     axes.axhline(results["chance_accuracy"], color="grey", linestyle=":", label="chance")
     axes.axvline(results["best_layer"], color="tab:red", alpha=0.3, label=f"best layer ({results['best_layer']})")
+    axes.set_xticks(layers)
     axes.set_xlabel("layer l (0 = embeddings)")
     axes.set_ylabel("linear probe accuracy")
     axes.set_title(f"Linear probes on f^l ({results['objective']}, {results['num_train']} training images)")

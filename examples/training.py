@@ -22,6 +22,9 @@ def paper_optimiser_defaults() -> dict:
     fused AdamW and bf16 where the accelerator has them, fp32 otherwise."""
     cuda = torch.cuda.is_available()
     return {
+        # On a machine without an accelerator, `accelerate launch --multi_gpu --num_processes N` then runs N CPU
+        # processes with DDP over gloo (`--cpu` would start a single process).
+        "use_cpu": not torch.accelerator.is_available(),
         "adam_beta2": 0.95,
         "weight_decay": 0.0,
         "optim": "adamw_torch_fused" if cuda else "adamw_torch",
