@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import ImageGPTConfig, ImageGPTForCausalImageModeling
+from transformers import CompileConfig, ImageGPTConfig, ImageGPTForCausalImageModeling
 from transformers.utils import logging as transformers_logging
 
 from modeling_igpt import IGPTForCausalImageModeling
@@ -54,7 +54,11 @@ GPU_SHAPES = {
 
 @dataclass(frozen=True)
 class Plan:
-    """How long to time each job: `rounds` alternations of `calls` timed calls per model, after 2 warm-up calls."""
+    """How long to time each job.
+
+    Training and features: `rounds` alternations of `calls` timed calls per model, after 2 warm-up calls. Sampling:
+    `sample_rounds` alternations of one `generate()` of `sample_tokens` new tokens per model.
+    """
 
     rounds: int
     train_calls: int
@@ -64,11 +68,11 @@ class Plan:
     cpu_memory: bool  # peak memory on CPU: one fresh process per model (slow)
 
 
-FULL = Plan(rounds=3, train_calls=3, feature_calls=3, sample_tokens=1024, sample_rounds=2, cpu_memory=True)
+FULL = Plan(rounds=3, train_calls=3, feature_calls=3, sample_tokens=1024, sample_rounds=1, cpu_memory=True)
 QUICK = Plan(rounds=2, train_calls=2, feature_calls=2, sample_tokens=128, sample_rounds=1, cpu_memory=False)
 
 
-# --- Models and inputs -------------------------------------------------------------------------------------------------
+# --- Models and inputs ------------------------------------------------------------------------------------------------
 
 
 def build_pair(shape: Shape, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -107,7 +111,7 @@ def synchronize(device: str):
         torch.cuda.synchronize()
 
 
-# --- Jobs ----------------------------------------------------------------------------------------------------------------
+# --- Jobs -------------------------------------------------------------------------------------------------------------
 
 
 class TrainingStep:
@@ -115,8 +119,10 @@ class TrainingStep:
 
     def __init__(self, model, tokens: torch.Tensor, device: str, forward=None, optimizer=None):
         self.model, self.tokens, self.device = model, tokens, device
-        self.forward = forward or model  # a compiled forward trains the same weights with the same optimizer
-        self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        self.forward = model if forward is None else forward  # a compiled forward shares weights and optimizer
+        if optimizer is None:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        self.optimizer = optimizer
 
     def __call__(self):
         with autocast(self.device):
@@ -176,7 +182,7 @@ def bench_training(shape: Shape, reference, ours, device: str, plan: Plan, compi
 
 
 def bench_features(shape: Shape, reference, ours, device: str, plan: Plan, compile_ours: bool) -> dict:
-    """No-grad probe features f^L (B, d): ImageGPT's last hidden state (already through ln_f) averaged over positions."""
+    """No-grad probe features f^L (B, d); ImageGPT's: its last hidden state (already through ln_f) averaged."""
     tokens = pixel_tokens(shape, shape.batch, device)
     reference.eval(), ours.eval()
 
@@ -200,12 +206,15 @@ def bench_features(shape: Shape, reference, ours, device: str, plan: Plan, compi
 def bench_sampling(shape: Shape, reference, ours, device: str, plan: Plan) -> dict:
     """Greedy samples of `sample_batch` images, `plan.sample_tokens` tokens each, from the start token, in fp32.
 
-    IGPT on CUDA uses a static KV cache, with which `generate()` compiles the decode step (CUDA graphs).
+    IGPT runs twice: eager with the default dynamic cache, and with a static KV cache, for which `generate()` compiles
+    the decode step (fullgraph; CUDA graphs on a GPU). The first, compiling call is the warm-up and is reported apart.
     """
+    _copy_weights(reference, ours)  # training steps moved the two models apart
     reference.eval(), ours.eval()
     start = torch.full((shape.sample_batch, 1), shape.clusters, device=device)
     length = 1 + plan.sample_tokens
-    ours_options = {"cache_implementation": "static"} if device == "cuda" else {}
+    compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if device == "cuda" else None)
+    compile_config._compile_all_devices = True  # generate() compiles on accelerators only unless told otherwise
     samples = {}
 
     def job(name, model, **options):
@@ -214,9 +223,14 @@ def bench_sampling(shape: Shape, reference, ours, device: str, plan: Plan) -> di
 
         return sample
 
-    jobs = {"imagegpt": job("imagegpt", reference), "igpt": job("igpt", ours, **ours_options)}
-    for sample in jobs.values():  # warm-up at the measured length: a static cache compiles for its own size
-        sample()
+    jobs = {
+        "imagegpt": job("imagegpt", reference),
+        "igpt": job("igpt", ours),
+        "igpt_compiled": job("igpt_compiled", ours, cache_implementation="static", compile_config=compile_config),
+    }
+    begin = time.perf_counter()  # warm-up at the measured length: a static cache compiles for its own size
+    jobs["igpt_compiled"]()
+    compile_s = time.perf_counter() - begin
     rates = {name: [] for name in jobs}
     for _ in range(plan.sample_rounds):
         for name, sample in jobs.items():
@@ -225,20 +239,24 @@ def bench_sampling(shape: Shape, reference, ours, device: str, plan: Plan) -> di
             sample()
             synchronize(device)
             rates[name].append(shape.sample_batch * plan.sample_tokens / (time.perf_counter() - begin))
-    same_images = (samples["igpt"] == samples["imagegpt"]).all(dim=1)
     results = {name: {"tokens_per_s": statistics.median(r), "rounds_tokens_per_s": r} for name, r in rates.items()}
-    results["token_identical_images"] = f"{int(same_images.sum())}/{shape.sample_batch}"
-    results["token_identical"] = bool(same_images.all())
-    results["igpt"]["options"] = ours_options
+    results["igpt_compiled"]["first_call_s"] = compile_s
+    for name in ("igpt", "igpt_compiled"):
+        same_images = (samples[name] == samples["imagegpt"]).all(dim=1)
+        results[name]["token_identical_images"] = f"{int(same_images.sum())}/{shape.sample_batch}"
     return results
 
 
-# --- Memory on CPU and peak FLOP rate ----------------------------------------------------------------------------------
+# --- Memory on CPU and peak FLOP rate ---------------------------------------------------------------------------------
 
 
 def max_rss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    """This process's peak resident memory. Linux: VmHWM, since ru_maxrss keeps the parent's peak across exec."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
 def cpu_training_peak_gib(name: str, shape: Shape) -> float:
@@ -272,7 +290,7 @@ def matmul_flops_per_s(device: str) -> float:
     return 2 * size**3 / best
 
 
-# --- One shape, the table ------------------------------------------------------------------------------------------------
+# --- One shape, the table ---------------------------------------------------------------------------------------------
 
 
 def timed(label: str, bench, shape: Shape, *args) -> dict:
@@ -300,7 +318,8 @@ def bench_shape(shape: Shape, device: str, plan: Plan, peak_flops: float, compil
 
 def print_shape(result: dict, device_name: str):
     shape = result["shape"]
-    print(f"\n{device_name}: {shape['name']}, seq {shape['seq']}, batch {shape['batch']}")
+    sampled = f", sampling {shape['sample_batch']} images" if shape["sample_batch"] else ""
+    print(f"\n{device_name}: {shape['name']}, seq {shape['seq']}, batch {shape['batch']}{sampled}")
     print(f"{'':28}{'tokens/s':>12}{'vs ImageGPT':>13}{'MFU':>7}{'peak GiB':>10}{'vs ImageGPT':>13}")
     for job in ("training", "features", "sampling"):
         if job not in result:
@@ -311,14 +330,15 @@ def print_shape(result: dict, device_name: str):
             if name not in timings:
                 continue
             timing = timings[name]
-            row = f"{job + ' ' + name:28}{timing['tokens_per_s']:12.0f}{timing['tokens_per_s'] / baseline['tokens_per_s']:12.2f}x"
+            speedup = timing["tokens_per_s"] / baseline["tokens_per_s"]
+            row = f"{job + ' ' + name:28}{timing['tokens_per_s']:12.0f}{speedup:12.2f}x"
             row += f"{timing['mfu']:7.2f}" if "mfu" in timing else " " * 7
-            if "peak_memory_gib" in timing:
+            if timing.get("peak_memory_gib") and baseline.get("peak_memory_gib"):
                 memory_ratio = timing["peak_memory_gib"] / baseline["peak_memory_gib"]
                 row += f"{timing['peak_memory_gib']:10.2f}{memory_ratio:12.2f}x"
+            if "token_identical_images" in timing:
+                row += f"  greedy samples token-identical to ImageGPT: {timing['token_identical_images']}"
             print(row)
-        if job == "sampling":
-            print(f"{'':28}greedy samples token-identical: {timings['token_identical_images']} images")
 
 
 def device_name(device: str) -> str:
@@ -327,15 +347,22 @@ def device_name(device: str) -> str:
     return f"CPU, {torch.get_num_threads()} threads"
 
 
-def run(quick: bool = False, device: str = "cpu", shapes: list[str] | None = None, json_path: str | None = None) -> dict:
+def run(
+    quick: bool = False,
+    device: str = "cpu",
+    shapes: list[str] | None = None,
+    json_path: str | None = None,
+    compile_on_cpu: bool = False,
+) -> dict:
     """Benchmark `device` ("cpu": L4/d128; "cuda": the paper's S/M/L, or `shapes`); returns the results dict.
 
-    Results are written to `json_path` (if given) after every shape, so an interrupted run keeps what it measured.
+    Training and features are timed compiled as well on CUDA, or on CPU with `compile_on_cpu`. Results are written to
+    `json_path` (if given) after every shape, so an interrupted run keeps what it measured.
     """
     transformers_logging.set_verbosity_error()
     plan = QUICK if quick else FULL
     selected = [CPU_SHAPE] if device == "cpu" else [GPU_SHAPES[key] for key in (shapes or list(GPU_SHAPES))]
-    compile_ours = device == "cuda"
+    compile_ours = device == "cuda" or compile_on_cpu
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 sampling stays exact enough to compare greedy tokens
     peak_flops = matmul_flops_per_s(device)
@@ -366,6 +393,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer rounds, 128 sampled tokens instead of 1,024")
     parser.add_argument("--shapes", default="S,M,L", help="GPU shapes to run, comma-separated")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--compile", action="store_true", help="on CPU, also time compiled training and features")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--peak-memory-of", choices=["imagegpt", "igpt"], help=argparse.SUPPRESS)
     parser.add_argument("--shape-json", help=argparse.SUPPRESS)
@@ -375,7 +403,7 @@ def main():
     if args.peak_memory_of:  # child process of cpu_training_peak_gib
         report_peak_memory(args.peak_memory_of, Shape(**json.loads(args.shape_json)))
         return
-    run(args.quick, args.device, args.shapes.split(","), args.json)
+    run(args.quick, args.device, args.shapes.split(","), args.json, args.compile)
 
 
 if __name__ == "__main__":
