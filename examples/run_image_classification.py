@@ -22,7 +22,6 @@ import numpy as np
 import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
-import modeling_igpt  # noqa: F401  (registers the Auto classes)
 from data import ClassificationCollator, DataArguments, ImageTokenizer, load_image_splits, tokenize_transform
 from modeling_igpt import IGPTForImageClassification
 from training import paper_optimiser_defaults, parse_arguments, resolve_checkpoint, setup_logging
@@ -130,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=ClassificationCollator(model.config.objective, tokenizer.start_token_id),
         processing_class=tokenizer.processor,
         compute_metrics=compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience)],
+        # early stopping picks the best evaluation, so it needs --load_best_model_at_end (the default here)
+        callbacks=[EarlyStoppingCallback(model_args.early_stopping_patience)] if training_args.load_best_model_at_end else [],
         num_masks=model_args.num_masks,
     )
 

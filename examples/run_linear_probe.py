@@ -34,7 +34,6 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import HfArgumentParser, set_seed  # noqa: E402
 
-import modeling_igpt  # noqa: E402,F401  (registers the Auto classes)
 from data import DataArguments, ImageTokenizer, load_image_splits, model_inputs  # noqa: E402
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling  # noqa: E402
 from modeling_igpt.modeling_igpt import random_bert_mask  # noqa: E402

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments, set_seed
 
-import modeling_igpt  # noqa: F401  (registers the Auto classes)
 from data import DataArguments, ImageTokenizer, PretrainingCollator, load_image_splits, tokenize_transform
 from image_processing import IGPTImageProcessor, fit_palette
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling
@@ -185,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
 
+    if model_args.model_name_or_path is None:  # the card then says "trained from scratch", not "fine-tuned from []"
+        model.config._name_or_path = training_args.output_dir
     card = {
         "model_name": os.path.basename(os.path.normpath(training_args.output_dir)),
         "finetuned_from": model_args.model_name_or_path,

@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 from transformers import HfArgumentParser, set_seed
 
-import modeling_igpt  # noqa: F401  (registers the Auto classes)
 from data import DataArguments, ImageTokenizer, load_image_splits
 from image_processing import make_image_grid
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling

@@ -121,6 +121,39 @@ def test_accelerate_launch_with_two_processes(tmp_path):
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "preprocessor_config.json").exists()
 
 
+def test_bert_pretraining_then_fine_tuning_with_the_mask_ensemble(tmp_path):
+    tiny = [*DIGITS, *QUIET, "--max_train_samples", "64", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
+            "--max_steps", "4", "--save_strategy", "no"]  # fmt: skip
+    run("run_pretraining.py", *tiny, *TINY_MODEL, "--objective", "bert", "--eval_strategy", "no",
+        "--output_dir", str(tmp_path / "bert"))  # fmt: skip
+    assert read_json(tmp_path / "bert" / "config.json")["objective"] == "bert"
+    run("run_image_classification.py", *tiny, "--model_name_or_path", str(tmp_path / "bert"), "--num_masks", "3",
+        "--eval_strategy", "no", "--load_best_model_at_end", "false", "--output_dir", str(tmp_path / "classifier"))  # fmt: skip
+    for split in ("eval", "test"):
+        assert 0.0 <= read_json(tmp_path / "classifier" / f"{split}_results.json")[f"{split}_accuracy"] <= 1.0
+
+
+def test_pretraining_on_vqvae_codes_and_sampling_decodes_them(tmp_path):
+    from modeling_igpt.configuration_vqvae import IGPTVQVAEConfig
+    from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
+
+    vqvae_config = IGPTVQVAEConfig(image_size=16, latent_size=8, codebook_size=32, hidden_size=16, residual_hidden_size=8)
+    IGPTVQVAEModel(vqvae_config).save_pretrained(tmp_path / "vqvae")
+    run(
+        "run_pretraining.py", *DIGITS, *QUIET, "--vqvae_model", str(tmp_path / "vqvae"), "--output_dir", str(tmp_path / "prior"),
+        "--num_hidden_layers", "1", "--hidden_size", "32", "--num_attention_heads", "2", "--max_steps", "3",
+        "--max_train_samples", "48", "--max_eval_samples", "16", "--per_device_train_batch_size", "16",
+        "--save_strategy", "no", "--eval_strategy", "no",
+    )  # fmt: skip
+    config = read_json(tmp_path / "prior" / "config.json")
+    assert (config["vocab_size"], config["max_position_embeddings"]) == (33, 64)  # 32 codes + start, 8x8 latent grid
+    assert (tmp_path / "prior" / "vqvae" / "config.json").exists()
+    run("run_sampling.py", "--model_name_or_path", str(tmp_path / "prior"), "--output_dir", str(tmp_path / "samples"),
+        "--num_samples", "4")  # fmt: skip
+    with Image.open(tmp_path / "samples" / "samples.png") as grid:
+        assert grid.size == (2 * (16 + 2) + 2,) * 2  # 2x2 decoded 16x16 images, 2-pixel padding
+
+
 # --- Linear probe and fine-tuning ---------------------------------------------------------------------------------
 
 
