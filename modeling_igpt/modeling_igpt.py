@@ -389,13 +389,13 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
     """
 
     def __init__(self, config: IGPTConfig):
+        if config.objective != "autoregressive":
+            raise ValueError("IGPTForCausalImageModeling needs objective='autoregressive'; use IGPTForMaskedImageModeling")
         super().__init__(config)
         self.transformer = IGPTModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size - 1, bias=False)
         self.loss_type = "ForCausalLM"
         self.post_init()
-        if config.objective != "autoregressive":
-            raise ValueError("IGPTForCausalImageModeling needs objective='autoregressive'; use IGPTForMaskedImageModeling")
         # `generate()` with no prompt starts from the start token and, by default, draws a whole image.
         self.generation_config.max_length = config.max_position_embeddings + 1
 
@@ -468,13 +468,13 @@ class IGPTForMaskedImageModeling(IGPTPreTrainedModel):
     """BERT objective (L_BERT): predict the pixels at masked positions from the unmasked ones, no attention mask."""
 
     def __init__(self, config: IGPTConfig):
+        if config.objective != "bert":
+            raise ValueError("IGPTForMaskedImageModeling needs objective='bert'; use IGPTForCausalImageModeling")
         super().__init__(config)
         self.transformer = IGPTModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size - 1, bias=False)
         self.loss_type = "ForMaskedLM"
         self.post_init()
-        if config.objective != "bert":
-            raise ValueError("IGPTForMaskedImageModeling needs objective='bert'; use IGPTForCausalImageModeling")
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head

@@ -367,3 +367,7 @@ def test_bad_inputs_raise_clear_errors():
         tiny_config(objective="diffusion")
     with pytest.raises(ValueError, match="Unknown paper size"):
         IGPTConfig.from_paper("xxl")
+    with pytest.raises(ValueError, match="objective='bert'"):
+        IGPTForMaskedImageModeling(tiny_config())
+    with pytest.raises(ValueError, match="objective='autoregressive'"):
+        IGPTForCausalImageModeling(tiny_config(objective="bert"))
