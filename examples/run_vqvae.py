@@ -34,14 +34,13 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
+from data import DataArguments, load_image_splits
 from image_processing import IGPTImageProcessor, make_image_grid
 from modeling_igpt.configuration_vqvae import IGPTVQVAEConfig
 from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
 
 
 logger = logging.getLogger(__name__)
-
-IMAGE_COLUMNS = ("image", "img", "pixel_values")
 
 
 @dataclass
@@ -59,31 +58,12 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    """One of --dataset_name, --train_file (parquet) or --train_dir (imagefolder); none trains on bundled photos."""
+class BundledDataArguments:
+    """With no data source (see DataArguments), the VQ-VAE trains on crops of scikit-learn's two photos."""
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    train_file: str | None = field(default=None, metadata={"help": "Local parquet file(s) with the training images."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local parquet file with validation images."})
-    train_dir: str | None = field(default=None, metadata={"help": "Local imagefolder to train on."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Local imagefolder of validation images."})
-    image_column: str | None = field(
-        default=None, metadata={"help": f"Column holding the images (default: the first of {IMAGE_COLUMNS})."}
-    )
-    validation_split_percentage: float = field(
-        default=4.0, metadata={"help": "Percent of train held out when there is no validation split (paper: 4%)."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training images."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many validation images."})
     bundled_train_crops: int = field(default=2048, metadata={"help": "Training crops of the bundled photos."})
     bundled_validation_crops: int = field(default=128, metadata={"help": "Validation crops of the bundled photos."})
     num_reconstructions: int = field(default=16, metadata={"help": "Validation images shown in reconstructions.png."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub datasets are cached."})
-
-    def __post_init__(self):
-        if sum(source is not None for source in (self.dataset_name, self.train_file, self.train_dir)) > 1:
-            raise ValueError("Give at most one data source: --dataset_name, --train_file or --train_dir.")
 
 
 def vqvae_defaults() -> dict:
@@ -99,6 +79,7 @@ def vqvae_defaults() -> dict:
         "report_to": "none",
         "logging_steps": 50,
         "save_strategy": "no",
+        "validation_split_percentage": 4.0,  # the paper holds out 4% of ImageNet's train split
     }
 
 
@@ -125,39 +106,17 @@ def bundled_photo_crops(num_crops: int, size: int, columns: tuple[float, float],
     return datasets.Dataset.from_dict({"image": crops}, features=datasets.Features({"image": datasets.Image()}))
 
 
-def load_splits(data_args: DataArguments, image_size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, str]:
-    """(train, validation, image column) from the Hub, parquet, an imagefolder, or the bundled photos."""
-    if data_args.dataset_name is None and data_args.train_file is None and data_args.train_dir is None:
+def load_splits(
+    data_args: DataArguments, bundled: BundledDataArguments, image_size: int, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """(train, validation, image column): from the Hub, parquet or an imagefolder (examples/data.py), else the photos."""
+    if not data_args.has_source:
         logger.info("No data source given: training on crops of the photos bundled with scikit-learn.")
-        train = bundled_photo_crops(data_args.bundled_train_crops, image_size, (0.0, 0.75), seed)
-        validation = bundled_photo_crops(data_args.bundled_validation_crops, image_size, (0.75, 1.0), seed + 1)
+        train = bundled_photo_crops(bundled.bundled_train_crops, image_size, (0.0, 0.75), seed)
+        validation = bundled_photo_crops(bundled.bundled_validation_crops, image_size, (0.75, 1.0), seed + 1)
         return train, validation, "image"
-    if data_args.dataset_name is not None:
-        raw = datasets.load_dataset(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir
-        )
-    elif data_args.train_file is not None:
-        files = {"train": data_args.train_file, "validation": data_args.validation_file}
-        raw = datasets.load_dataset("parquet", data_files={k: v for k, v in files.items() if v})
-    else:
-        folders = {"train": data_args.train_dir, "validation": data_args.validation_dir}
-        files = {k: os.path.join(v, "**") for k, v in folders.items() if v}
-        raw = datasets.load_dataset("imagefolder", data_files=files)
-
-    validation_name = next((name for name in ("validation", "valid", "val") if name in raw), None)
-    if validation_name is None:
-        split = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
-        train, validation = split["train"], split["test"]
-    else:
-        train, validation = raw["train"], raw[validation_name]
-    column = data_args.image_column or next((c for c in IMAGE_COLUMNS if c in train.column_names), None)
-    if column not in train.column_names:
-        raise ValueError(f"No image column {column or IMAGE_COLUMNS} in {train.column_names}; pass --image_column.")
-    if data_args.max_train_samples is not None:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
-    if data_args.max_eval_samples is not None:
-        validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
-    return train, validation, column
+    loaded = load_image_splits(data_args, seed=seed)
+    return loaded.splits["train"], loaded.splits["validation"], loaded.image_column
 
 
 def pixel_transform(processor: IGPTImageProcessor, column: str, flip: bool):
@@ -259,9 +218,9 @@ def parse_config_overrides(overrides: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, BundledDataArguments, TrainingArguments))
     parser.set_defaults(**vqvae_defaults())
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, bundled, training_args = parser.parse_args_into_dataclasses(args=argv)
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.WARNING)
     logger.setLevel(training_args.get_process_log_level())
@@ -281,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{model.config.codebook_size}; {model.num_parameters():,} parameters in encoder + decoder"
     )
 
-    train, validation, column = load_splits(data_args, image_size, training_args.seed)
+    train, validation, column = load_splits(data_args, bundled, image_size, training_args.seed)
     train = train.with_transform(pixel_transform(processor, column, flip=True))
     validation = validation.with_transform(pixel_transform(processor, column, flip=False))
 
@@ -307,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metrics.update(eval_metrics)
     if trainer.is_world_process_zero():
         grid_path = os.path.join(training_args.output_dir, "reconstructions.png")
-        save_reconstructions(model.eval(), validation, data_args.num_reconstructions, grid_path)
+        save_reconstructions(model.eval(), validation, bundled.num_reconstructions, grid_path)
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, tags=["igpt", "vq-vae"])
     return metrics

@@ -57,3 +57,32 @@ def test_run_vqvae_trains_saves_and_reports_codebook_metrics(tmp_path):
     again = json.loads((tmp_path / "again" / "eval_results.json").read_text())
     assert again["eval_mse"] == pytest.approx(metrics["eval_mse"], rel=1e-5)
     assert again["eval_codes_used"] == metrics["eval_codes_used"]
+
+
+def photo_parquet(path: Path, count: int) -> Path:
+    """A parquet file of `count` 40x40 crops of the bundled photos, in a column named "photo"."""
+    import datasets
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    crops = [Image.fromarray(photos[i % 2][i * 7 : i * 7 + 40, i * 11 : i * 11 + 40]) for i in range(count)]
+    dataset = datasets.Dataset.from_dict({"photo": crops}, features=datasets.Features({"photo": datasets.Image()}))
+    dataset.to_parquet(str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_run_vqvae_reads_parquet_through_the_shared_loader(tmp_path):
+    train_file = photo_parquet(tmp_path / "train.parquet", 40)
+    output_dir = tmp_path / "vqvae"
+    run_script(
+        *TINY, "--train_file", str(train_file), "--image_column_name", "photo", "--output_dir", str(output_dir),
+        "--max_steps", "2", "--per_device_train_batch_size", "8", "--validation_split_percentage", "20",
+    )  # fmt: skip
+    assert math.isfinite(json.loads((output_dir / "eval_results.json").read_text())["eval_mse"])
+
+    # a wrong column name fails before training, naming the columns the data has
+    command = [sys.executable, str(SCRIPT), *TINY, "--train_file", str(train_file), "--image_column_name", "img"]
+    command += ["--output_dir", str(tmp_path / "bad")]
+    result = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    assert result.returncode != 0 and "no image column 'img'" in result.stderr and "['photo']" in result.stderr
