@@ -24,7 +24,14 @@ from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_
 
 from data import ClassificationCollator, DataArguments, ImageTokenizer, load_image_splits, tokenize_transform
 from modeling_igpt import IGPTForImageClassification
-from training import paper_optimiser_defaults, parse_arguments, resolve_checkpoint, setup_logging
+from training import (
+    paper_optimiser_defaults,
+    parse_arguments,
+    publish_or_card,
+    resolve_checkpoint,
+    setup_logging,
+    train_and_evaluate,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -134,17 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         num_masks=model_args.num_masks,
     )
 
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    trainer.save_state()
-
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    metrics = train_and_evaluate(trainer, checkpoint, tokenizer)
     test_metrics = trainer.predict(test_dataset, metric_key_prefix="test").metrics
     trainer.log_metrics("test", test_metrics)
     trainer.save_metrics("test", test_metrics)
@@ -156,10 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "tags": ["igpt", "image-gpt", "image-classification"],
         "dataset": data_args.dataset_name or data_args.train_file or data_args.train_dir,
     }
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
-    else:
-        trainer.create_model_card(**card)
+    publish_or_card(trainer, **card)
     return {**metrics, **test_metrics}
 
 

@@ -24,7 +24,15 @@ from data import DataArguments, ImageTokenizer, PretrainingCollator, load_image_
 from image_processing import IGPTImageProcessor, fit_palette
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling
 from modeling_igpt.configuration_igpt import OBJECTIVES
-from training import BitsPerDimTrainer, paper_optimiser_defaults, parse_arguments, resolve_checkpoint, setup_logging
+from training import (
+    BitsPerDimTrainer,
+    paper_optimiser_defaults,
+    parse_arguments,
+    publish_or_card,
+    resolve_checkpoint,
+    setup_logging,
+    train_and_evaluate,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -172,17 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer.processor,
     )
 
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    trainer.save_state()
-
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    metrics = train_and_evaluate(trainer, checkpoint, tokenizer)
 
     if model_args.model_name_or_path is None:  # the card then says "trained from scratch", not "fine-tuned from []"
         model.config._name_or_path = training_args.output_dir
@@ -193,10 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "tags": ["igpt", "image-gpt", f"{model.config.objective}-pretraining"],
         "dataset": data_args.dataset_name or data_args.train_file or data_args.train_dir,
     }
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
-    else:
-        trainer.create_model_card(**card)
+    publish_or_card(trainer, **card)
     return metrics
 
 

@@ -77,3 +77,26 @@ class BitsPerDimTrainer(Trainer):
         for key in [key for key in logs if key.endswith("_loss") and not key.startswith("train")]:
             logs[key.removesuffix("loss") + "bits_per_dim"] = bits_per_dim(logs[key])
         super().log(logs, *args, **kwargs)
+
+
+def train_and_evaluate(trainer: Trainer, checkpoint: str | None, tokenizer) -> dict[str, float]:
+    """Train (or resume), save model and tokenizer, record train and validation metrics; return the latter."""
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(trainer.args.output_dir)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+def publish_or_card(trainer: Trainer, **card) -> None:
+    """`--push_to_hub` uploads the run with its card; otherwise the card is only written into the output folder."""
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
