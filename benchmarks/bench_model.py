@@ -29,7 +29,7 @@ from transformers import CompileConfig, ImageGPTConfig, ImageGPTForCausalImageMo
 from transformers.utils import logging as transformers_logging
 
 from modeling_igpt import IGPTForCausalImageModeling
-from modeling_igpt.convert_imagegpt import _copy_weights, imagegpt_to_igpt_config
+from modeling_igpt.convert_imagegpt import copy_weights, imagegpt_to_igpt_config
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def build_pair(shape: Shape, device: str) -> tuple[torch.nn.Module, torch.nn.Mod
     with torch.device(device):
         reference = ImageGPTForCausalImageModeling(config)
         ours = IGPTForCausalImageModeling(imagegpt_to_igpt_config(config))  # SDPA attention by default
-    _copy_weights(reference, ours)
+    copy_weights(reference, ours)
     return reference, ours
 
 
@@ -209,7 +209,7 @@ def bench_sampling(shape: Shape, reference, ours, device: str, plan: Plan) -> di
     IGPT runs twice: eager with the default dynamic cache, and with a static KV cache, for which `generate()` compiles
     the decode step (fullgraph; CUDA graphs on a GPU). The first, compiling call is the warm-up and is reported apart.
     """
-    _copy_weights(reference, ours)  # training steps moved the two models apart
+    copy_weights(reference, ours)  # training steps moved the two models apart
     reference.eval(), ours.eval()
     start = torch.full((shape.sample_batch, 1), shape.clusters, device=device)
     length = 1 + plan.sample_tokens

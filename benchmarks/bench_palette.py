@@ -5,8 +5,6 @@ nearest cluster) over all the pixels, in [-1, 1] space.
     python benchmarks/bench_palette.py [--quick] [--data_dir ../shared/data/cifar10] [--json out.json]
 """
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -14,11 +12,9 @@ import numpy as np
 from datasets import load_dataset
 from sklearn.cluster import KMeans
 
+from common import DEFAULT_DATA_DIR, cli
 from image_processing import fit_palette
 from image_processing.palette import nearest_centres
-
-
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
 
 
 def _inertia(pixels: np.ndarray, clusters: np.ndarray) -> float:
@@ -77,16 +73,5 @@ def _print_table(r):
     print(f"speed-up {r['speedup']:.1f}x, inertia ratio {r['inertia_ratio']:.4f} (igpt / sklearn; < 1 is better)")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1,000 images, 100 k-pixel sklearn subsample")
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="folder with CIFAR-10 train.parquet")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args()
-    results = run(quick=args.quick, data_dir=args.data_dir)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run, __doc__, "1,000 images, 100 k-pixel sklearn subsample")

@@ -7,8 +7,6 @@ pass. Tokens must be identical to transformers'.
     python benchmarks/bench_tokenize.py [--quick] [--data_dir ../shared/data/cifar10] [--json out.json]
 """
 
-import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -17,11 +15,9 @@ import numpy as np
 from datasets import load_dataset
 from transformers import ImageGPTImageProcessorPil
 
+from common import DEFAULT_DATA_DIR, cli
 from image_processing import IGPTImageProcessor, fit_palette
 from image_processing import image_processing_igpt
-
-
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
 
 
 def _loaded(image):
@@ -105,16 +101,5 @@ def _print_table(r):
         print(f"{label + ' (median)':34}igpt {ours:6.2f} ms  transformers {theirs:6.2f} ms  ({theirs / ours:.1f}x)")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="512 images instead of 2,000")
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="folder with CIFAR-10 train.parquet")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args()
-    results = run(quick=args.quick, data_dir=args.data_dir)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run, __doc__, "512 images instead of 2,000")

@@ -18,6 +18,7 @@ import transformers
 import bench_model
 import bench_palette
 import bench_tokenize
+from common import DEFAULT_DATA_DIR
 
 
 def machine() -> dict:
@@ -43,7 +44,7 @@ def main():
         "--only", default="model,tokenize,palette", help="benchmarks to run, comma-separated: model, tokenize, palette"
     )
     parser.add_argument(
-        "--data_dir", default=str(bench_tokenize.DEFAULT_DATA_DIR), help="folder with CIFAR-10 train.parquet"
+        "--data_dir", default=str(DEFAULT_DATA_DIR), help="folder with CIFAR-10 train.parquet"
     )
     args = parser.parse_args()
     if args.threads:

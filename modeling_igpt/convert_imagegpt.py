@@ -68,7 +68,7 @@ def igpt_to_imagegpt_config(source: IGPTConfig) -> ImageGPTConfig:
     return ImageGPTConfig(**fields)
 
 
-def _copy_weights(source: torch.nn.Module, target: torch.nn.Module):
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module):
     """Load `source`'s parameters into `target` by name.
 
     Only a classifier's generative head may differ: IGPT classifiers carry one for L_gen (zero-initialised when the
@@ -80,6 +80,16 @@ def _copy_weights(source: torch.nn.Module, target: torch.nn.Module):
     allowed = {"lm_head.weight"} if classifier else set()
     if set(unexpected) - allowed or set(missing) - allowed:
         raise ValueError(f"Weights do not match: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+
+
+@torch.no_grad()
+def check_same_outputs(source: torch.nn.Module, target: torch.nn.Module, tolerance: float = 1e-5):
+    """Both models score one random image alike (largest difference relative to the largest output), or ValueError."""
+    tokens = torch.randint(0, source.config.vocab_size - 1, (1, source.config.max_position_embeddings))
+    expected, actual = source(tokens)[0], target(tokens)[0]
+    difference = ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+    if difference > tolerance:
+        raise ValueError(f"The converted model's outputs differ from the source's by {difference:.2e} (relative)")
 
 
 def _architecture(folder: Path) -> str:
@@ -110,7 +120,8 @@ def convert_imagegpt_to_igpt(source_dir: str | os.PathLike, target_dir: str | os
     source_class, target_class = CLASS_PAIRS[_architecture(source_dir)]
     source = source_class.from_pretrained(source_dir, attn_implementation="eager").eval()
     target = target_class(imagegpt_to_igpt_config(source.config)).eval()
-    _copy_weights(source, target)
+    copy_weights(source, target)
+    check_same_outputs(source, target)
     clusters = processor["clusters"]
     if len(clusters) != target.config.vocab_size - 1:
         raise ValueError(
@@ -129,7 +140,8 @@ def convert_igpt_to_imagegpt(source_dir: str | os.PathLike, target_dir: str | os
     target_class, source_class = CLASS_PAIRS[_architecture(source_dir)]
     source = source_class.from_pretrained(source_dir).eval()
     target = target_class(igpt_to_imagegpt_config(source.config)).eval()
-    _copy_weights(source, target)
+    copy_weights(source, target)
+    check_same_outputs(source, target)
     target.save_pretrained(target_dir)
     ImageGPTImageProcessorPil(clusters=processor["clusters"], size=processor.get("size")).save_pretrained(target_dir)
     return target
@@ -143,7 +155,7 @@ def main(argv: list[str] | None = None):
     args = parser.parse_args(argv)
     convert = convert_igpt_to_imagegpt if args.reverse else convert_imagegpt_to_igpt
     model = convert(args.source, args.target)
-    print(f"Wrote {type(model).__name__} ({model.num_parameters():,} parameters) to {args.target}")
+    print(f"Wrote {type(model).__name__} ({model.num_parameters():,} parameters, outputs checked) to {args.target}")
 
 
 if __name__ == "__main__":

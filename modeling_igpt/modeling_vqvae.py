@@ -209,26 +209,20 @@ class IGPTVQVAEEncoder(nn.Module):
     def __init__(self, config: IGPTVQVAEConfig):
         super().__init__()
         channels = [config.num_channels] + [config.hidden_size] * (config.num_blocks - 1)
-        self.blocks = nn.ModuleList(IGPTVQVAEEncoderBlock(config, in_channels) for in_channels in channels)
+        self.blocks = nn.Sequential(*(IGPTVQVAEEncoderBlock(config, in_channels) for in_channels in channels))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden_states = pixel_values
-        for block in self.blocks:
-            hidden_states = block(hidden_states)
-        return hidden_states
+        return self.blocks(pixel_values)  # (B, 3, IR, IR) -> (B, C, MR, MR)
 
 
 class IGPTVQVAEDecoder(nn.Module):
     def __init__(self, config: IGPTVQVAEConfig):
         super().__init__()
         channels = [config.hidden_size] * (config.num_blocks - 1) + [config.num_channels]
-        self.blocks = nn.ModuleList(IGPTVQVAEDecoderBlock(config, out_channels) for out_channels in channels)
+        self.blocks = nn.Sequential(*(IGPTVQVAEDecoderBlock(config, out_channels) for out_channels in channels))
 
     def forward(self, quantized: torch.Tensor) -> torch.Tensor:
-        hidden_states = quantized
-        for block in self.blocks:
-            hidden_states = block(hidden_states)
-        return hidden_states
+        return self.blocks(quantized)  # (B, C, MR, MR) -> (B, 3, IR, IR)
 
 
 class IGPTVQVAEPreTrainedModel(PreTrainedModel):

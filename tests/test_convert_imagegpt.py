@@ -9,7 +9,6 @@ import torch
 from sklearn.datasets import load_sample_images
 from transformers import (
     AutoImageProcessor,
-    AutoModelForImageClassification,
     ImageGPTConfig,
     ImageGPTForCausalImageModeling,
     ImageGPTForImageClassification,
@@ -18,6 +17,7 @@ from transformers import (
 
 from image_processing import IGPTImageProcessor
 from modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification
+from modeling_igpt.convert_imagegpt import check_same_outputs, copy_weights, imagegpt_to_igpt_config
 
 
 CLUSTERS, SIDE = 8, 6
@@ -77,3 +77,16 @@ def test_palette_and_vocabulary_must_agree(tmp_path):
     )
     assert result.returncode != 0 and "palette has 10 clusters" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_conversion_check_catches_different_outputs():
+    config = ImageGPTConfig(vocab_size=CLUSTERS + 1, n_positions=SIDE * SIDE, n_embd=16, n_layer=2, n_head=2)
+    source = ImageGPTForCausalImageModeling(config).eval()
+    target = IGPTForCausalImageModeling(imagegpt_to_igpt_config(config)).eval()
+    torch.nn.init.normal_(source.lm_head.weight)  # ImageGPT's own init would leave nothing to compare
+    copy_weights(source, target)
+    check_same_outputs(source, target)  # same weights: passes
+    with torch.no_grad():
+        target.transformer.ln_f.weight.mul_(1.01)
+    with pytest.raises(ValueError, match="differ from the source"):
+        check_same_outputs(source, target)

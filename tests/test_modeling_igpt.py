@@ -20,7 +20,7 @@ from modeling_igpt import (
     IGPTForMaskedImageModeling,
     IGPTModel,
 )
-from modeling_igpt.convert_imagegpt import _copy_weights, imagegpt_to_igpt_config
+from modeling_igpt.convert_imagegpt import copy_weights, imagegpt_to_igpt_config
 
 
 CLUSTERS = 16
@@ -64,7 +64,7 @@ def imagegpt_pair(attn_implementation: str, head: str = "causal"):
     )
     reference = randomize(source_class(config))
     ours = target_class._from_config(imagegpt_to_igpt_config(reference.config), attn_implementation=attn_implementation)
-    _copy_weights(reference, ours)
+    copy_weights(reference, ours)
     return reference.eval(), ours.eval()
 
 
