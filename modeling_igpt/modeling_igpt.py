@@ -29,6 +29,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import can_return_tuple
 
 from .configuration_igpt import IGPTConfig
+from .generation_igpt import IGPTPrefixCache, can_decode_images, decode_images
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -282,7 +283,9 @@ class IGPTModel(IGPTPreTrainedModel):
         past_length = cache.get_seq_length() if cache is not None else 0
 
         hidden_states = self.embed(input_ids, inputs_embeds, position_ids, bool_masked_pos, past_length)  # (B, T, d)
-        if causal:
+        # One new token reading an IGPTPrefixCache sees every key it is handed: no mask needed (nor built when compiled)
+        sees_all_keys = isinstance(cache, IGPTPrefixCache) and attention_mask is None and hidden_states.shape[1] == 1
+        if causal and not sees_all_keys:
             attention_mask = create_causal_mask(
                 config=self.config,
                 inputs_embeds=hidden_states,
@@ -438,6 +441,23 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+        )
+
+    def _sample(
+        self,
+        input_ids: torch.LongTensor,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        synced_gpus: bool = False,
+        streamer=None,
+        **model_kwargs,
+    ):
+        """`generate()`'s greedy and multinomial loop; on the CPU with a static cache, IGPT's own (generation_igpt.py)."""
+        if can_decode_images(self, input_ids, stopping_criteria, generation_config, synced_gpus, model_kwargs):
+            return decode_images(self, input_ids, logits_processor, generation_config, streamer)
+        return super()._sample(
+            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer, **model_kwargs
         )
 
     def autoregressive_loss(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
