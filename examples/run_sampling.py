@@ -43,6 +43,14 @@ class SamplingArguments:
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling: smallest set with this much mass."})
     batch_size: int = field(default=16, metadata={"help": "Sequences generated at once."})
     seed: int = field(default=0, metadata={"help": "Same seed, same images."})
+    static_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "generate(cache_implementation='static'): a preallocated KV cache and a compiled decode step (IGPT's "
+            "image decoder on the CPU, CUDA graphs on a GPU). The first batch pays the compilation (seconds to a "
+            "minute); for whole 32x32 images it is several times faster than the default."
+        },
+    )
     display_scale: int = field(default=1, metadata={"help": "Enlarge the PNG grids this many times (nearest neighbour)."})
 
     def __post_init__(self):
@@ -68,6 +76,7 @@ def generate(model, prompts: torch.LongTensor, length: int, args: SamplingArgume
             top_p=args.top_p,
             max_length=length + 1,
             pad_token_id=model.config.start_token_id,
+            cache_implementation="static" if args.static_cache else None,
         )  # (b, length + 1)
         outputs.append(sequences[:, 1:].cpu())
     return torch.cat(outputs)
