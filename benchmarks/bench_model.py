@@ -68,7 +68,7 @@ class Plan:
     cpu_memory: bool  # peak memory on CPU: one fresh process per model (slow)
 
 
-FULL = Plan(rounds=3, train_calls=3, feature_calls=3, sample_tokens=1024, sample_rounds=3, cpu_memory=True)
+FULL = Plan(rounds=3, train_calls=3, feature_calls=3, sample_tokens=1024, sample_rounds=5, cpu_memory=True)
 QUICK = Plan(rounds=2, train_calls=2, feature_calls=2, sample_tokens=128, sample_rounds=1, cpu_memory=False)
 
 

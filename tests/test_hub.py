@@ -112,7 +112,7 @@ def test_generative_folder_is_complete_and_validates(published):
     folder, model = published["autoregressive"]
     names = {path.name for path in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "configuration_igpt.py",
-            "modeling_igpt.py", "image_processing_igpt.py", "pipeline_igpt.py"} <= names
+            "modeling_igpt.py", "generation_igpt.py", "image_processing_igpt.py", "pipeline_igpt.py"} <= names
     assert not [name for name in names if name.endswith((".bin", ".pt", ".pkl"))]
     config = json.loads((folder / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM",
