@@ -109,6 +109,7 @@ def decode_images(
 
     Greedy or multinomial, through `logits_processor`, as transformers' `_sample` chooses tokens. The prompt is one
     eager forward; each later token one call of the compiled step (eager with `disable_compile=True`).
+    `generation_config.compile_config` configures transformers' fixed-shape path and is not used here.
     """
     batch, prompt_length = input_ids.shape
     max_length = generation_config.max_length
