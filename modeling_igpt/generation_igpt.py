@@ -20,47 +20,53 @@ from transformers.generation.stopping_criteria import MaxLengthCriteria
 
 
 class IGPTPrefixLayer(StaticLayer):
-    """One layer's keys and values, preallocated as (B, nh, max_cache_len, hs); `update` returns the filled (B, nh, t, hs).
-
-    The filled length `t` is a Python int, so a step compiled with dynamic shapes serves every position with one graph.
-    """
+    """One layer's keys and values, preallocated as (B, nh, max_cache_len, hs); its cache says where to write them."""
 
     is_compileable = False  # not for transformers' fixed-shape compiled decoding; `decode_images` compiles it its own way
 
-    def __init__(self, max_cache_len: int, **kwargs):
-        super().__init__(max_cache_len)
-        self.length = 0
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int):
+        """Store (B, nh, T, hs) at positions start..start+T-1; return the filled (B, nh, start + T, hs)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        start, end = self.length, self.length + key_states.shape[-2]
+        end = start + key_states.shape[-2]
         if end > self.max_cache_len:
             raise ValueError(f"The cache holds {self.max_cache_len} positions; {end} were written")
         self.keys[:, :, start:end] = key_states
         self.values[:, :, start:end] = value_states
-        self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0  # asked before `update`: the keys that the queries will see
 
-    def get_seq_length(self) -> int:
+class IGPTPrefixCache(Cache):
+    """A preallocated KV cache whose attention reads only the positions written so far.
+
+    Every layer holds the same positions, so the cache keeps one length, a Python int: a step compiled with dynamic
+    shapes takes it as one symbolic size, serves every position with one graph, and hands back one new length.
+    """
+
+    def __init__(self, config, max_cache_len: int):
+        super().__init__(layers=[IGPTPrefixLayer(max_cache_len) for _ in range(config.num_hidden_layers)])
+        self.length = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        keys, values = self.layers[layer_idx].write(key_states, value_states, self.length)
+        if layer_idx == len(self.layers) - 1:  # the last layer has written: the new positions are cached
+            self.length += key_states.shape[-2]
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
 
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.length + query_length, 0  # asked before `update`: the keys that the queries will see
+
     def crop(self, tokens_to_remove: int):
-        self.length = max(0, self.length - abs(tokens_to_remove))
+        if tokens_to_remove > 0:  # transformers' convention: a negative count of positions to drop
+            raise ValueError(f"crop takes a negative number of positions to remove, got {tokens_to_remove}")
+        self.length = max(0, self.length + tokens_to_remove)
 
     def reset(self):
         super().reset()
         self.length = 0
-
-
-class IGPTPrefixCache(Cache):
-    """A preallocated KV cache whose attention reads only the positions written so far (see `IGPTPrefixLayer`)."""
-
-    def __init__(self, config, max_cache_len: int):
-        super().__init__(layers=[IGPTPrefixLayer(max_cache_len) for _ in range(config.num_hidden_layers)])
 
 
 def decode_step(model, tokens: torch.LongTensor, cache: IGPTPrefixCache) -> torch.Tensor:

@@ -50,8 +50,12 @@ def test_prefix_cache_returns_the_filled_positions_and_matches_an_uncached_forwa
     torch.testing.assert_close(torch.cat(chunks, dim=1), full)
     assert cache.get_seq_length() == POSITIONS
     assert cache.layers[0].keys.shape[2] == POSITIONS + 1  # preallocated ...
-    keys, _ = IGPTPrefixCache(model.config, 8).layers[0].update(torch.ones(2, 4, 3, 8), torch.ones(2, 4, 3, 8))
+    keys, _ = IGPTPrefixCache(model.config, 8).update(torch.ones(2, 4, 3, 8), torch.ones(2, 4, 3, 8), layer_idx=0)
     assert keys.shape == (2, 4, 3, 8)  # ... but only the filled prefix is handed to attention
+    cache.crop(-4)  # transformers' convention: drop the last 4 positions
+    assert cache.get_seq_length() == POSITIONS - 4
+    with pytest.raises(ValueError, match="negative number of positions"):
+        cache.crop(3)
 
 
 def test_static_cache_greedy_decoding_is_token_identical_with_one_graph_for_every_length():
