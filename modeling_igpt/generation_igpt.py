@@ -20,11 +20,15 @@ from transformers.generation.stopping_criteria import MaxLengthCriteria
 
 
 class IGPTPrefixLayer(StaticLayer):
-    """One layer's keys and values, preallocated as (B, nh, max_cache_len, hs); its cache says where to write them."""
+    """One layer's keys and values, preallocated as (B, nh, max_cache_len, hs); its cache says where to write them.
+
+    `update` replaces StaticLayer's (which writes at `cache_position` and hands attention every slot); the position
+    bookkeeping that StaticLayer's other methods do is the cache's (`IGPTPrefixCache.length`).
+    """
 
     is_compileable = False  # not for transformers' fixed-shape compiled decoding; `decode_images` compiles it its own way
 
-    def write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int):
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int, *args, **kwargs):
         """Store (B, nh, T, hs) at positions start..start+T-1; return the filled (B, nh, start + T, hs)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
@@ -48,7 +52,7 @@ class IGPTPrefixCache(Cache):
         self.length = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        keys, values = self.layers[layer_idx].write(key_states, value_states, self.length)
+        keys, values = self.layers[layer_idx].update(key_states, value_states, self.length)
         if layer_idx == len(self.layers) - 1:  # the last layer has written: the new positions are cached
             self.length += key_states.shape[-2]
         return keys, values
