@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=PretrainingCollator(model.config.objective, tokenizer.start_token_id),
+        data_collator=PretrainingCollator(model.config.objective, tokenizer.start_token_id, model.config.mask_probability),
         processing_class=tokenizer.processor,
     )
 

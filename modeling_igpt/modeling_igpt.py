@@ -16,7 +16,8 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_flash_attention_utils import FlashAttentionKwargs
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -27,9 +28,34 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_igpt import IGPTConfig
 from .generation_igpt import IGPTPrefixCache, can_decode_images, decode_images
+
+
+# Keywords a forward takes besides its named arguments: transformers' attention kwargs (flash-attention's packed
+# sequence lengths), which the trunk hands to the attention interface, and the loss's `num_items_in_batch` (Trainer),
+# which the heads hand to the loss. Any other keyword is refused: one that fell into `**kwargs` unused would be a
+# silent wrong result (`token_type_ids`, or a cache under a name the model does not read).
+ATTENTION_KWARGS = frozenset(FlashAttentionKwargs.__optional_keys__)
+LOSS_KWARGS = frozenset({"num_items_in_batch"})
+
+
+def check_kwargs(kwargs: dict, allowed: frozenset, where: str):
+    unused = sorted(key for key, value in kwargs.items() if key not in allowed and value is not None)
+    if unused:
+        raise ValueError(
+            f"{where} got keyword argument(s) it does not use: {', '.join(unused)}. IGPT reads input_ids or "
+            "inputs_embeds, attention_mask, position_ids, cache, bool_masked_pos, labels and the output flags; "
+            f"the other keywords it accepts are {sorted(ATTENTION_KWARGS | LOSS_KWARGS)}."
+        )
+
+
+def split_loss_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """(kwargs for the trunk, kwargs for the loss)."""
+    loss_kwargs = {key: kwargs[key] for key in LOSS_KWARGS if key in kwargs}
+    return {key: value for key, value in kwargs.items() if key not in LOSS_KWARGS}, loss_kwargs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -190,7 +216,8 @@ class IGPTModel(IGPTPreTrainedModel):
     """The trunk: token + position embeddings, L pre-norm blocks, final norm `ln_f`.
 
     `hidden_states[l]` (with `output_hidden_states=True`) is h^l for l < L and the final normed n^L for l = L, as in
-    transformers' ImageGPT. `get_image_features` returns the paper's probe features f^l = mean_i norm(h^l_i).
+    transformers' ImageGPT. `get_probe_features` returns the paper's probe features f^l = mean_i norm(h^l_i) (not named
+    `get_image_features`: transformers 5.x gives that name another contract, pixel values in, a pooled output out).
     """
 
     def __init__(self, config: IGPTConfig):
@@ -209,26 +236,77 @@ class IGPTModel(IGPTPreTrainedModel):
     def set_input_embeddings(self, new_embeddings: nn.Embedding):
         self.wte = new_embeddings
 
-    def _check_inputs(self, input_ids: torch.Tensor | None, length: int, past_length: int | torch.Tensor):
-        if torch.compiler.is_compiling():  # data-dependent checks would break the graph; eager calls run them
+    def check_inputs(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_length: int = 0,
+    ):
+        """Refuse inputs the model would misread, with a ValueError that names the problem.
+
+        Shapes and dtypes are always checked (host metadata: free). Values (token ids and positions in range) are checked
+        on CPU tensors only: on an accelerator, reading them back would stall every step on a host-device
+        synchronisation. There the ids are validated where they are made, on the host: the image processor and the
+        collators produce them. Compiled calls skip the checks (they would break the graph); eager calls run them.
+        """
+        if torch.compiler.is_compiling():
             return
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if input_ids.ndim != 2:
+                raise ValueError(
+                    f"input_ids must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}; "
+                    "for one image use input_ids[None]"
+                )
+            if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+                raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+        elif inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must have shape (batch_size, sequence_length, {self.config.hidden_size}), "
+                f"got {tuple(inputs_embeds.shape)}"
+            )
+        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        if length == 0:
+            raise ValueError("The sequence is empty: input_ids / inputs_embeds need at least one position")
         if past_length + length > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence too long: {past_length + length} tokens (cached {past_length} + new {length}) but the model "
                 f"has {self.config.max_position_embeddings} positions (max_position_embeddings)."
             )
-        if input_ids is None:
-            return
-        if input_ids.is_floating_point():
-            raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
-        if input_ids.numel():
-            low, high = torch.aminmax(input_ids)
-            low, high = int(low), int(high)
-            if low < 0 or high >= self.config.vocab_size:
-                bad = low if low < 0 else high
+        if isinstance(attention_mask, torch.Tensor):
+            keys = past_length + length
+            expected = f"(batch_size, cached + new tokens) = ({batch}, {keys}), or a 4-D mask ({batch}, 1, {length}, keys)"
+            shape = tuple(attention_mask.shape)
+            if attention_mask.ndim == 2:
+                wrong = shape != (batch, keys)
+            elif attention_mask.ndim == 4:
+                wrong = shape[0] not in (1, batch) or shape[1] != 1 or shape[2] != length or shape[3] < keys
+            else:
+                wrong = True
+            if wrong:
+                raise ValueError(f"attention_mask has shape {shape}; expected {expected}")
+        if position_ids is not None:
+            if position_ids.ndim != 2 or position_ids.shape[0] not in (1, batch) or position_ids.shape[1] != length:
                 raise ValueError(
-                    f"Token id {bad} is out of range: the vocabulary has ids 0..{self.config.vocab_size - 1} "
-                    f"({self.config.vocab_size - 1} clusters + the start token {self.config.vocab_size - 1})."
+                    f"position_ids has shape {tuple(position_ids.shape)}; expected ({batch}, {length}) or (1, {length})"
+                )
+            if position_ids.device.type == "cpu" and position_ids.numel():
+                low, high = (int(value) for value in torch.aminmax(position_ids))
+                if low < 0 or high >= self.config.max_position_embeddings:
+                    raise ValueError(
+                        f"Position {low if low < 0 else high} is out of range: the model has positions "
+                        f"0..{self.config.max_position_embeddings - 1} (max_position_embeddings)"
+                    )
+        if input_ids is not None and input_ids.device.type == "cpu":
+            low, high = (int(value) for value in torch.aminmax(input_ids))
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"Token id {low if low < 0 else high} is out of range: the vocabulary has ids "
+                    f"0..{self.config.vocab_size - 1} ({self.config.vocab_size - 1} clusters + the start token "
+                    f"{self.config.vocab_size - 1})."
                 )
 
     def embed(
@@ -239,11 +317,10 @@ class IGPTModel(IGPTPreTrainedModel):
         bool_masked_pos: torch.BoolTensor | None = None,
         past_length: int | torch.Tensor = 0,
     ) -> torch.Tensor:
-        """h^0 = token embedding (zeroed at BERT-masked positions) + position embedding. Returns (B, T, d)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        """h^0 = token embedding (zeroed at BERT-masked positions) + position embedding. Returns (B, T, d).
+
+        Callers run `check_inputs` first."""
         length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        self._check_inputs(input_ids, length, past_length)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, d)
         if bool_masked_pos is not None:
@@ -251,11 +328,17 @@ class IGPTModel(IGPTPreTrainedModel):
                 raise ValueError(
                     f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}, expected {tuple(inputs_embeds.shape[:2])}"
                 )
-            inputs_embeds = inputs_embeds * (~bool_masked_pos.bool()).unsqueeze(-1).to(inputs_embeds.dtype)
+            if bool_masked_pos.dtype != torch.bool:
+                raise ValueError(
+                    f"bool_masked_pos must be a bool tensor (True = masked), got dtype {bool_masked_pos.dtype}; "
+                    "convert a 0/1 mask with mask.bool()"
+                )
+            inputs_embeds = inputs_embeds * (~bool_masked_pos).unsqueeze(-1).to(inputs_embeds.dtype)
         if position_ids is None:
             position_ids = (past_length + torch.arange(length, device=inputs_embeds.device)).unsqueeze(0)  # (1, T)
         return self.drop(inputs_embeds + self.wpe(position_ids))
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
@@ -273,7 +356,10 @@ class IGPTModel(IGPTPreTrainedModel):
         r"""
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
             BERT mask M: the token embeddings of these positions are zeroed.
+        kwargs: transformers' attention kwargs only (`ATTENTION_KWARGS`); any other keyword is a ValueError.
+            `past_key_values` is the deprecated name of `cache`.
         """
+        check_kwargs(kwargs, ATTENTION_KWARGS, f"{type(self).__name__}.forward")
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         causal = self.config.objective == "autoregressive"
@@ -281,6 +367,7 @@ class IGPTModel(IGPTPreTrainedModel):
         if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
             cache = DynamicCache(config=self.config)
         past_length = cache.get_seq_length() if cache is not None else 0
+        self.check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_length)
 
         hidden_states = self.embed(input_ids, inputs_embeds, position_ids, bool_masked_pos, past_length)  # (B, T, d)
         # One new token reading an IGPTPrefixCache sees every key it is handed: no mask needed (nor built when compiled)
@@ -292,6 +379,10 @@ class IGPTModel(IGPTPreTrainedModel):
                 attention_mask=attention_mask,
                 cache=cache,
                 position_ids=position_ids,
+            )
+        elif not causal:  # BERT: padding only (a 2-D mask added to (B, nh, T, S) scores as-is would broadcast wrongly)
+            attention_mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
             )
 
         all_hidden_states = () if output_hidden_states else None
@@ -324,7 +415,7 @@ class IGPTModel(IGPTPreTrainedModel):
         layer = self._layer_index(layer)
         return hidden_state if layer == self.config.num_hidden_layers else self.h[layer].ln_1(hidden_state)
 
-    def get_image_features(
+    def get_probe_features(
         self,
         input_ids: torch.LongTensor,
         layers: int | list[int] = -1,
@@ -340,6 +431,7 @@ class IGPTModel(IGPTPreTrainedModel):
         if not wanted:
             raise ValueError("layers must name at least one hidden state")
         causal_mask = None
+        self.check_inputs(input_ids)
         hidden_states = self.embed(input_ids, bool_masked_pos=bool_masked_pos)  # h^0: (B, T, d)
         if self.config.objective == "autoregressive":
             causal_mask = create_causal_mask(
@@ -372,7 +464,8 @@ def random_bert_mask(
 
 
 def _check_pixel_labels(labels: torch.Tensor, num_classes: int):
-    if torch.compiler.is_compiling():
+    """Labels in range; on CPU tensors only (reading values back from an accelerator would synchronise every step)."""
+    if torch.compiler.is_compiling() or labels.device.type != "cpu":
         return
     valid = labels[labels != -100]
     if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
@@ -405,6 +498,7 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
@@ -416,8 +510,15 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        r"""
+        kwargs: `num_items_in_batch` for the loss and transformers' attention kwargs; any other keyword is a
+            ValueError. `past_key_values` is the deprecated name of `cache`.
+        """
+        kwargs, loss_kwargs = split_loss_kwargs(kwargs)
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -425,6 +526,8 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -434,7 +537,7 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = self.autoregressive_loss(logits, labels, **kwargs)
+            loss = self.autoregressive_loss(logits, labels, **loss_kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -463,6 +566,11 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
     def autoregressive_loss(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         """Next-token cross entropy; `labels` of length T (shifted inside) or T + 1 (the token after the last too)."""
         length = logits.shape[1]
+        if labels.ndim != 2 or labels.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"labels must have shape (batch_size, sequence_length) = ({logits.shape[0]}, {length}) or one longer, "
+                f"got {tuple(labels.shape)}"
+            )
         if labels.shape[1] not in (length, length + 1):
             raise ValueError(f"labels have length {labels.shape[1]}; expected {length} or {length + 1} for {length} inputs")
         shift_labels = F.pad(labels, (0, length + 1 - labels.shape[1]), value=-100)[:, 1:]  # (B, T): target of t
@@ -513,18 +621,36 @@ class IGPTForMaskedImageModeling(IGPTPreTrainedModel):
             The BERT mask M. Drawn with `config.mask_probability` when not given (in training and evaluation alike,
             as in the paper).
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            The pixel tokens; the loss counts masked positions only.
+            The pixel tokens; the loss counts masked positions only. With `num_items_in_batch` (Trainer) they must
+            already be -100 outside `bool_masked_pos`, so that the count is of masked pixels.
         """
         reference = input_ids if input_ids is not None else inputs_embeds
         if bool_masked_pos is None:
             bool_masked_pos = random_bert_mask(reference.shape[:2], self.config.mask_probability, reference.device)
-        outputs = self.transformer(input_ids, inputs_embeds=inputs_embeds, bool_masked_pos=bool_masked_pos, **kwargs)
+        trunk_kwargs, _ = split_loss_kwargs(kwargs)
+        outputs = self.transformer(input_ids, inputs_embeds=inputs_embeds, bool_masked_pos=bool_masked_pos, **trunk_kwargs)
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, vocab - 1)
 
         loss = None
         if labels is not None:
-            masked_labels = labels.masked_fill(~bool_masked_pos.bool(), -100)
+            if labels.shape != bool_masked_pos.shape:
+                raise ValueError(
+                    f"labels must have shape (batch_size, sequence_length) = {tuple(bool_masked_pos.shape)}, "
+                    f"got {tuple(labels.shape)}"
+                )
+            unmasked = ~bool_masked_pos.bool()
+            if kwargs.get("num_items_in_batch") is not None and not torch.compiler.is_compiling():
+                # Trainer counted labels != -100 as items: labels at unmasked positions would scale the loss down
+                if (labels[unmasked] != -100).any():
+                    raise ValueError(
+                        "labels must be -100 outside bool_masked_pos when num_items_in_batch is given (Trainer counts "
+                        "every label != -100 as an item, but only masked pixels are scored): draw the mask where the "
+                        "batch is made, as examples/data.py's PretrainingCollator does."
+                    )
+            masked_labels = labels.masked_fill(unmasked, -100)
             _check_pixel_labels(masked_labels, self.config.vocab_size - 1)
+            if kwargs.get("num_items_in_batch") is None:  # mean over masked pixels; a mask of none gives 0, not 0/0
+                kwargs = {**kwargs, "num_items_in_batch": (masked_labels != -100).sum().clamp_min(1)}
             loss = self.loss_function(logits, masked_labels, vocab_size=self.config.vocab_size - 1, **kwargs)
         return IGPTMaskedImageModelingOutput(
             loss=loss,
@@ -560,7 +686,9 @@ class IGPTForImageClassification(IGPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         bool_masked_pos: torch.BoolTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs,
     ) -> ImageClassifierOutput:
@@ -568,16 +696,31 @@ class IGPTForImageClassification(IGPTPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices.
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
             BERT models only: the mask M (drawn with `config.mask_probability` when not given).
+        inputs_embeds (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
+            Instead of `input_ids`. With `labels`, needs `config.generative_loss_weight=0` (L_gen's targets are ids).
         """
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None:
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        if labels is not None:
+            self.check_labels(labels, reference.shape[0])
+            if input_ids is None and self.config.generative_loss_weight > 0:
+                raise ValueError(
+                    "labels with inputs_embeds: the generative loss L_gen needs input_ids as its targets; pass "
+                    "input_ids, or set config.generative_loss_weight=0 to train on the classification loss alone"
+                )
         bert = self.config.objective == "bert"
         if bert and bool_masked_pos is None:
-            bool_masked_pos = random_bert_mask(input_ids.shape, self.config.mask_probability, input_ids.device)
+            bool_masked_pos = random_bert_mask(reference.shape[:2], self.config.mask_probability, reference.device)
         layer = self.transformer._layer_index(self.config.classifier_pooled_layer)
         pool_last = layer == self.config.num_hidden_layers
         outputs = self.transformer(
             input_ids,
+            inputs_embeds=inputs_embeds,
             bool_masked_pos=bool_masked_pos if bert else None,
             output_hidden_states=output_hidden_states or not pool_last,
+            output_attentions=output_attentions,
             use_cache=False,
             **kwargs,
         )
@@ -600,6 +743,23 @@ class IGPTForImageClassification(IGPTPreTrainedModel):
             attentions=outputs.attentions,
         )
 
+    def check_labels(self, labels: torch.Tensor, batch: int):
+        """Class indices of shape (B,) in 0..num_labels-1 (or -100, ignored); values checked on CPU tensors only."""
+        if torch.compiler.is_compiling():
+            return
+        single_label = self.num_labels > 1 and not labels.is_floating_point() and labels.dtype != torch.bool
+        if single_label and tuple(labels.shape) != (batch,):
+            raise ValueError(f"labels must be class indices of shape (batch_size,) = ({batch},), got {tuple(labels.shape)}")
+        if single_label and labels.device.type == "cpu":
+            valid = labels[labels != -100]
+            if valid.numel():
+                low, high = (int(value) for value in torch.aminmax(valid))
+                if low < 0 or high >= self.num_labels:
+                    raise ValueError(
+                        f"Label {low if low < 0 else high} is out of range: the classifier has classes "
+                        f"0..{self.num_labels - 1} (config.num_labels={self.num_labels}; -100 ignores an example)"
+                    )
+
     def generative_loss(
         self, last_hidden_state: torch.Tensor, input_ids: torch.LongTensor, bool_masked_pos: torch.BoolTensor | None
     ) -> torch.Tensor:
@@ -610,7 +770,8 @@ class IGPTForImageClassification(IGPTPreTrainedModel):
             targets = targets.masked_fill(~bool_masked_pos, -100)
         else:
             logits, targets = logits[:, :-1], targets[:, 1:]  # tokens < t predict t
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum")
+        return total / (targets != -100).sum().clamp_min(1)  # mean per target token; 0, not 0/0, when there is none
 
     @torch.no_grad()
     def predict_with_mask_ensemble(

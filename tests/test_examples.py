@@ -267,7 +267,8 @@ def test_autoregressive_collation_predicts_every_pixel_after_the_start_token():
     assert batch["input_ids"].tolist() == [[10, 3, 1, 4], [10, 5, 9, 2]]
     assert batch["labels"].tolist() == [[-100, 3, 1, 4, 1], [-100, 5, 9, 2, 6]]
     bert = PretrainingCollator("bert", start_token_id=10)([{"pixel_ids": row} for row in pixels])
-    assert torch.equal(bert["input_ids"], pixels) and torch.equal(bert["labels"], pixels)
+    mask = bert["bool_masked_pos"]  # BERT: targets on the mask only (tests/test_reliability_scripts.py)
+    assert torch.equal(bert["input_ids"], pixels) and torch.equal(bert["labels"], pixels.masked_fill(~mask, -100))
     assert torch.equal(model_inputs(pixels, "bert", 10), pixels)
 
 
