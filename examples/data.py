@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from image_processing import IGPTImageProcessor, make_image_grid
+from modeling_igpt.compatibility import check_model_fits_tokenizer, tokenizer_grid, tokenizer_num_tokens
 from modeling_igpt.modeling_igpt import random_bert_mask
 
 
@@ -229,11 +230,12 @@ class ImageTokenizer:
     N is the latent grid (48x48), with the codebook as vocabulary.
     """
 
-    def __init__(self, processor: IGPTImageProcessor, vqvae=None):
+    def __init__(self, processor: IGPTImageProcessor, vqvae=None, source: str | None = None):
         if vqvae is None and processor.n_clusters is None:
             raise ValueError("The image processor has no palette: fit one (image_processing.fit_palette) or pass a VQ-VAE.")
         self.processor = processor
         self.vqvae = vqvae.eval() if vqvae is not None else None
+        self.source = source  # the folder it was loaded from, named in errors
 
     @classmethod
     def from_pretrained(cls, path: str) -> "ImageTokenizer":
@@ -244,7 +246,12 @@ class ImageTokenizer:
             from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
 
             vqvae = IGPTVQVAEModel.from_pretrained(os.path.join(path, VQVAE_FOLDER))
-        return cls(processor, vqvae)
+        return cls(processor, vqvae, source=path)
+
+    def check_fits(self, config, model_source: str | None = None):
+        """ValueError naming both sources unless the model `config` reads this tokenizer's ids (the package's one rule:
+        height x width == max_position_embeddings, tokens + 1 == vocab_size)."""
+        check_model_fits_tokenizer(config, self.processor, self.vqvae, model_source, self.source)
 
     def save_pretrained(self, path: str):
         self.processor.save_pretrained(path)
@@ -254,7 +261,7 @@ class ImageTokenizer:
     @property
     def num_tokens(self) -> int:
         """Token ids that stand for image content: palette clusters or VQ-VAE codes."""
-        return self.vqvae.config.codebook_size if self.vqvae is not None else self.processor.n_clusters
+        return tokenizer_num_tokens(self.processor, self.vqvae)
 
     @property
     def vocab_size(self) -> int:
@@ -267,10 +274,7 @@ class ImageTokenizer:
     @property
     def grid_size(self) -> tuple[int, int]:
         """(height, width) of the token grid the model sees."""
-        if self.vqvae is not None:
-            factor = self.vqvae.config.downsampling_factor
-            return self.processor.size.height // factor, self.processor.size.width // factor
-        return self.processor.size.height, self.processor.size.width
+        return tokenizer_grid(self.processor, self.vqvae)
 
     @property
     def sequence_length(self) -> int:

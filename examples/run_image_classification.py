@@ -108,12 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         classifier_pooled_layer=model_args.classifier_pooled_layer,
         generative_loss_weight=model_args.generative_loss_weight,
     )
-    if (model.config.vocab_size, model.config.max_position_embeddings) != (tokenizer.vocab_size, tokenizer.sequence_length):
-        raise ValueError(
-            f"The checkpoint's model and processor disagree: vocab_size={model.config.vocab_size} and "
-            f"{model.config.max_position_embeddings} positions, but {tokenizer.vocab_size} ids and "
-            f"{tokenizer.sequence_length} tokens per image."
-        )
+    tokenizer.check_fits(model.config, model_args.model_name_or_path)
 
     padding = 0
     if model_args.augment:

@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     head_class = IGPTForMaskedImageModeling if objective == "bert" else IGPTForCausalImageModeling
     model = head_class.from_pretrained(probe_args.model_name_or_path).transformer.to(device).eval()  # the trunk
     tokenizer = ImageTokenizer.from_pretrained(probe_args.model_name_or_path)
+    tokenizer.check_fits(model.config, probe_args.model_name_or_path)
     layers = parse_layers(probe_args.layers, model.config.num_hidden_layers)
     splits = load_image_splits(data_args, seed=probe_args.seed, with_labels=True, with_test=True)
 

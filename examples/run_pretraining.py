@@ -94,7 +94,7 @@ def build_tokenizer(model_args: ModelArguments, training_args: TrainingArguments
     source = model_args.image_processor_name or checkpoint or model_args.model_name_or_path
     if source is not None:
         tokenizer = ImageTokenizer.from_pretrained(source)
-        return ImageTokenizer(tokenizer.processor, vqvae or tokenizer.vqvae)
+        return ImageTokenizer(tokenizer.processor, vqvae or tokenizer.vqvae, source=source)
     if vqvae is not None:
         size = vqvae.config.image_size
         return ImageTokenizer(IGPTImageProcessor(size={"height": size, "width": size}, do_color_quantize=False), vqvae)
@@ -127,11 +127,7 @@ def build_model(model_args: ModelArguments, tokenizer: ImageTokenizer):
                 f"--objective {objective} does not match the checkpoint {model_args.model_name_or_path}, "
                 f"which was trained with the {config.objective} objective."
             )
-        if (config.vocab_size, config.max_position_embeddings) != (tokenizer.vocab_size, tokenizer.sequence_length):
-            raise ValueError(
-                f"The checkpoint has vocab_size={config.vocab_size} and {config.max_position_embeddings} positions, "
-                f"but the tokenizer gives {tokenizer.vocab_size} ids and {tokenizer.sequence_length} tokens per image."
-            )
+        tokenizer.check_fits(config, model_args.model_name_or_path)
         return MODEL_CLASSES[objective].from_pretrained(model_args.model_name_or_path)
     objective = model_args.objective or "autoregressive"
     shape = dict(

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = IGPTForCausalImageModeling.from_pretrained(sampling_args.model_name_or_path).to(device).eval()
     tokenizer = ImageTokenizer.from_pretrained(sampling_args.model_name_or_path)
+    tokenizer.check_fits(model.config, sampling_args.model_name_or_path)
     length, start = tokenizer.sequence_length, tokenizer.start_token_id
     os.makedirs(sampling_args.output_dir, exist_ok=True)
     written = {}

@@ -36,6 +36,7 @@ from transformers import AutoModelForImageClassification, AutoModelForMaskedImag
 
 import modeling_igpt
 from image_processing import IGPTImageProcessor
+from modeling_igpt.compatibility import check_model_fits_tokenizer
 from modeling_igpt.configuration_igpt import AUTO_MAP, PAPER_SIZES
 from modeling_igpt.pipeline_igpt import TASK as GENERATION_TASK
 from modeling_igpt.pipeline_igpt import IGPTImageGenerationPipeline
@@ -85,17 +86,6 @@ def check_checkpoint(folder: Path):
         )
 
 
-def check_palette(processor, config):
-    if processor.n_clusters is None:
-        raise ValueError("The image processor has no palette (clusters)")
-    if processor.n_clusters != config.vocab_size - 1:
-        raise ValueError(
-            f"The image processor's palette has {processor.n_clusters} colours but the model's vocabulary expects "
-            f"{config.vocab_size - 1} (vocab_size {config.vocab_size} = clusters + 1 start token): "
-            "the checkpoint and its preprocessor_config.json do not belong together"
-        )
-
-
 def load_checkpoint(folder: Path):
     """(model, processor) from a checkpoint folder, with the package's classes."""
     check_checkpoint(folder)
@@ -103,7 +93,8 @@ def load_checkpoint(folder: Path):
     if config.model_type != "igpt":
         raise ValueError(f"{folder} holds a {config.model_type!r} model; convert ImageGPT with hub_cards/convert_released.py")
     processor = IGPTImageProcessor.from_pretrained(folder)
-    check_palette(processor, config)
+    check_model_fits_tokenizer(config, processor, model_source=folder / "config.json",
+                               processor_source=folder / "preprocessor_config.json")
     architecture = (config.architectures or ["IGPTModel"])[0]
     if architecture not in AUTO_CLASSES:
         raise ValueError(f"Unsupported architecture {architecture!r}; expected one of {sorted(AUTO_CLASSES)}")
@@ -429,7 +420,9 @@ def validate(output_dir: Path, model, remote_code_check: bool = True):
     reloaded = AUTO_CLASSES[type(model).__name__].from_pretrained(output_dir).eval()
     if not torch.equal(model_outputs(reloaded, inputs), model_outputs(model, inputs)):
         raise ValueError(f"{output_dir} does not reproduce the checkpoint's outputs")
-    check_palette(AutoImageProcessor.from_pretrained(output_dir), reloaded.config)
+    check_model_fits_tokenizer(reloaded.config, AutoImageProcessor.from_pretrained(output_dir),
+                               model_source=output_dir / "config.json",
+                               processor_source=output_dir / "preprocessor_config.json")
 
     card = ModelCard.load(output_dir / "README.md")
     data = card.data.to_dict()

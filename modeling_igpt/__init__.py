@@ -8,6 +8,7 @@ from transformers import (
     AutoModelForMaskedImageModeling,
 )
 
+from .compatibility import check_model_fits_tokenizer
 from .configuration_igpt import IGPTConfig
 from .configuration_vqvae import IGPTVQVAEConfig
 from .modeling_igpt import (
@@ -35,6 +36,7 @@ for auto_class, model_class in (
     model_class.register_for_auto_class(auto_class.__name__)
 
 __all__ = [
+    "check_model_fits_tokenizer",
     "IGPTConfig",
     "IGPTPreTrainedModel",
     "IGPTModel",

@@ -1,5 +1,7 @@
 """IGPTConfig: the hyperparameters of Image GPT (Chen et al., 2020) as a transformers config."""
 
+import sys
+
 from transformers import PreTrainedConfig
 
 
@@ -94,6 +96,30 @@ class IGPTConfig(PreTrainedConfig):
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id, **kwargs)
         self._check()
+
+    @property
+    def custom_pipelines(self) -> dict:
+        """The saved `custom_pipelines` minus the tasks this Python already has a pipeline class of that name for.
+
+        A published config names the pipeline's Hub code, so that `pipeline(task, model=repo, trust_remote_code=True)`
+        works without this package. transformers then demands `trust_remote_code` for that task even when the same
+        class is registered locally (importing `modeling_igpt` registers it); leaving such tasks to the registry lets
+        `pipeline(task, model=folder)` run the installed class. The saved value itself is kept (`to_dict` reads it).
+        """
+        saved = self.__dict__.get("custom_pipelines") or {}
+        registry = getattr(sys.modules.get("transformers.pipelines"), "PIPELINE_REGISTRY", None)
+        if registry is None:
+            return saved
+        local = {task: registry.supported_tasks[task].get("impl") for task in saved if task in registry.supported_tasks}
+        return {
+            task: entry
+            for task, entry in saved.items()
+            if getattr(local.get(task), "__name__", None) != str(entry.get("impl", "")).rpartition(".")[2]
+        }
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict):
+        self.__dict__["custom_pipelines"] = value
 
     @property
     def head_dim(self) -> int:

@@ -7,8 +7,9 @@ transformers has no pipeline for unconditional image generation. This one is reg
     samples = pipe(num_images=8, top_k=64)  # 8 PIL images drawn from the start token
     completions = pipe(image, num_images=4)  # image (PIL, array, path or URL): top half kept, bottom half sampled 4 times
 
-This file is copied to the Hub next to the model, so it imports only torch and transformers. It reads the image
-processor by its methods (`__call__`, `decode`, `n_clusters`, `start_token_id`, `size`), never by its class.
+This file is copied to the Hub next to the model, so it imports only torch, transformers and its sibling
+`compatibility.py` (the model-tokenizer rule). It reads the image processor by its methods (`__call__`, `decode`,
+`n_clusters`, `start_token_id`, `size`), never by its class.
 """
 
 import torch
@@ -16,8 +17,12 @@ from transformers import AutoModelForCausalLM, Pipeline
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .compatibility import check_model_fits_tokenizer
+
 
 TASK = "unconditional-image-generation"
+# `generate` keywords the pipeline sets itself: the length is always one whole image, the prompt is built here.
+FIXED_GENERATE_KWARGS = ("max_length", "max_new_tokens", "min_length", "min_new_tokens", "input_ids", "attention_mask")
 
 
 class IGPTImageGenerationPipeline(Pipeline):
@@ -51,17 +56,7 @@ class IGPTImageGenerationPipeline(Pipeline):
                 f"{TASK} needs the checkpoint's IGPT image processor (preprocessor_config.json with the palette) to "
                 f"turn pixels into tokens and back; got {type(processor).__name__}"
             )
-        if processor.n_clusters != config.vocab_size - 1:
-            raise ValueError(
-                f"The image processor's palette has {processor.n_clusters} colours but the model's vocabulary expects "
-                f"{config.vocab_size - 1} (vocab_size {config.vocab_size} = clusters + 1 start token)"
-            )
-        height, width = self._image_size()
-        if height * width > config.max_position_embeddings:
-            raise ValueError(
-                f"The processor makes {height}x{width} images ({height * width} tokens) but the model has only "
-                f"{config.max_position_embeddings} positions"
-            )
+        check_model_fits_tokenizer(config, processor)
 
     def _image_size(self) -> tuple[int, int]:
         size = self.image_processor.size
@@ -78,6 +73,14 @@ class IGPTImageGenerationPipeline(Pipeline):
             if not 0.0 <= prompt_fraction < 1.0:
                 raise ValueError(f"prompt_fraction must lie in [0, 1), got {prompt_fraction}")
             preprocess_params["prompt_fraction"] = prompt_fraction
+        fixed = sorted(set(generate_kwargs) & set(FIXED_GENERATE_KWARGS))
+        if fixed:
+            raise ValueError(
+                f"{TASK} always generates whole images (height x width tokens after the start token) from the prompt it "
+                f"builds; it does not take {fixed}. Use prompt_fraction= to keep more or fewer rows of a given image."
+            )
+        if "num_return_sequences" in generate_kwargs:
+            raise ValueError(f"{TASK} takes num_images= (samples per call or per image), not num_return_sequences")
         forward_params = {}
         if seed is not None:
             forward_params["seed"] = seed

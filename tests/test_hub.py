@@ -112,7 +112,8 @@ def test_generative_folder_is_complete_and_validates(published):
     folder, model = published["autoregressive"]
     names = {path.name for path in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "configuration_igpt.py",
-            "modeling_igpt.py", "generation_igpt.py", "image_processing_igpt.py", "pipeline_igpt.py"} <= names
+            "modeling_igpt.py", "generation_igpt.py", "image_processing_igpt.py", "pipeline_igpt.py",
+            "compatibility.py"} <= names
     assert not [name for name in names if name.endswith((".bin", ".pt", ".pkl"))]
     config = json.loads((folder / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM",
@@ -198,7 +199,7 @@ def test_remote_code_check_loads_the_folder_without_the_package(published):
 def test_bad_checkpoints_raise_clear_errors(tmp_path):
     model = tiny_model(IGPTForCausalImageModeling)
     mismatched = checkpoint(tmp_path / "palette", model, tiny_processor(clusters=5))
-    with pytest.raises(ValueError, match="palette has 5 colours but the model's vocabulary expects 8"):
+    with pytest.raises(ValueError, match=r"vocab_size=9 \(8 colours \+ 1 start token\) but the tokenizer has 5 colours"):
         assemble(mismatched, tmp_path / "out1", "org/x")
 
     no_processor = tmp_path / "no_processor"
@@ -221,6 +222,29 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         assemble(good, tmp_path / "busy", "org/x")
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out3").exists()  # nothing written before the checks
+
+
+@pytest.mark.parametrize(
+    "model_shape, processor_shape, match",
+    [
+        ((8, 8, 16), (4, 4, 16), r"max_position_embeddings=64 but the tokenizer makes 4x4 images = 16 tokens"),
+        ((8, 8, 16), (8, 8, 8), r"vocab_size=17 \(16 colours \+ 1 start token\) but the tokenizer has 8 colours"),
+    ],
+    ids=["8x8 model, 4x4 processor", "16-colour model, 8-colour palette"],
+)
+def test_publish_refuses_a_processor_that_does_not_fit_the_model(tmp_path, model_shape, processor_shape, match):
+    (height, width, clusters), (p_height, p_width, p_clusters) = model_shape, processor_shape
+    model = IGPTForCausalImageModeling(IGPTConfig(
+        vocab_size=clusters + 1, max_position_embeddings=height * width, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2,
+    ))
+    palette = np.random.default_rng(0).uniform(-1, 1, (p_clusters, 3))
+    processor = IGPTImageProcessor(clusters=palette, size={"height": p_height, "width": p_width})
+    folder = checkpoint(tmp_path / "ckpt", model, processor)
+    with pytest.raises(ValueError, match=match) as error:
+        assemble(folder, tmp_path / "out", "org/x")
+    assert str(folder / "config.json") in str(error.value) and str(folder / "preprocessor_config.json") in str(error.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_push_uploads_the_folder_with_the_requested_options(published):
@@ -305,11 +329,11 @@ assert classify(photo)[0]["label"] == expected["label"], classify(photo)
 features = pipeline("image-feature-extraction", model=generative, revision=expected["commit"], **extra)
 assert torch.allclose(torch.tensor(features(photo)), expected["hidden_state"], atol=1e-6)
 
+generate = pipeline("unconditional-image-generation", model=generative, revision=expected["commit"], **extra)
 if mode == "remote_code":
-    generate = pipeline("unconditional-image-generation", model=generative, revision=expected["commit"], **extra)
     assert type(generate).__module__.startswith("transformers_modules")
-else:
-    generate = pipeline("unconditional-image-generation", model=generative, pipeline_class=IGPTImageGenerationPipeline)
+else:  # the installed class, without trust_remote_code although the config names the repository's pipeline code
+    assert type(generate) is IGPTImageGenerationPipeline, type(generate)
 completion = generate(photo, num_images=1, do_sample=False)[0]
 assert list(completion.getdata()) == list(expected["completion"].getdata())
 assert len(generate(num_images=2, top_k=4)) == 2
@@ -351,3 +375,17 @@ def test_offline_hub_ids_load_through_auto_classes_and_pipelines(published, tmp_
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"offline OK {mode}" in result.stdout
+
+
+def test_generation_pipeline_from_a_published_folder_needs_no_trust_remote_code(published):
+    """With the package imported, its registered class serves the task; the config still names the Hub code for
+    Pythons without the package (test_offline_hub_ids_load_through_auto_classes_and_pipelines runs both)."""
+    from transformers import pipeline
+
+    from modeling_igpt.pipeline_igpt import TASK, IGPTImageGenerationPipeline
+
+    folder, _ = published["autoregressive"]
+    assert TASK in json.loads((folder / "config.json").read_text())["custom_pipelines"]
+    generate = pipeline(TASK, model=str(folder))
+    assert type(generate) is IGPTImageGenerationPipeline
+    assert len(generate(num_images=2, top_k=2)) == 2

@@ -86,9 +86,39 @@ def test_bad_setups_raise_clear_errors(pipe):
         IGPTImageGenerationPipeline(
             model=tiny_model(IGPTForMaskedImageModeling, objective="bert"), image_processor=tiny_processor(), device=-1
         )
-    with pytest.raises(ValueError, match="palette has 5 colours but the model's vocabulary expects 8"):
+    with pytest.raises(ValueError, match=r"vocab_size=9 \(8 colours \+ 1 start token\) but the tokenizer has 5 colours"):
         IGPTImageGenerationPipeline(model=tiny_model(), image_processor=tiny_processor(clusters=5), device=-1)
     with pytest.raises(ValueError, match="needs the checkpoint's IGPT image processor"):
         IGPTImageGenerationPipeline(model=tiny_model(), device=-1)
     with pytest.raises(ValueError, match="prompt_fraction"):
         pipe(num_images=1, prompt_fraction=1.5)
+
+
+@pytest.mark.parametrize(
+    "model_shape, processor_shape, match",
+    [
+        ((8, 8, 16), (4, 4, 16), r"max_position_embeddings=64 but the tokenizer makes 4x4 images = 16 tokens"),
+        ((8, 8, 16), (16, 16, 16), r"max_position_embeddings=64 but the tokenizer makes 16x16 images = 256 tokens"),
+        ((8, 8, 16), (8, 8, 8), r"vocab_size=17 \(16 colours \+ 1 start token\) but the tokenizer has 8 colours"),
+    ],
+    ids=["8x8 model, 4x4 processor", "8x8 model, 16x16 processor", "16-colour model, 8-colour palette"],
+)
+def test_a_processor_that_does_not_fit_the_model_is_refused(model_shape, processor_shape, match):
+    (height, width, clusters), (p_height, p_width, p_clusters) = model_shape, processor_shape
+    model = IGPTForCausalImageModeling(IGPTConfig(
+        vocab_size=clusters + 1, max_position_embeddings=height * width, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2,
+    ))
+    palette = np.random.default_rng(0).uniform(-1, 1, (p_clusters, 3))
+    processor = IGPTImageProcessor(clusters=palette, size={"height": p_height, "width": p_width})
+    with pytest.raises(ValueError, match=match):
+        IGPTImageGenerationPipeline(model=model, image_processor=processor, device=-1)
+
+
+@pytest.mark.parametrize("keyword", ["max_length", "max_new_tokens", "min_length", "input_ids", "attention_mask"])
+def test_length_and_prompt_keywords_are_refused_naming_them(pipe, keyword):
+    # generate() would otherwise get max_length twice (TypeError "multiple values") or a different image length
+    with pytest.raises(ValueError, match=rf"always generates whole images .* does not take \['{keyword}'\]"):
+        pipe(num_images=1, **{keyword: 200})
+    with pytest.raises(ValueError, match="takes num_images="):
+        pipe(num_return_sequences=2)
