@@ -4,12 +4,15 @@ a Trainer that reports losses in bits per dimension."""
 import json
 import logging
 import os
+import re
 import sys
 
 import torch
 import transformers
 from transformers import HfArgumentParser, Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import IMAGE_PROCESSOR_NAME as PROCESSOR_FILE
 
 from data import bits_per_dim
 
@@ -55,18 +58,64 @@ def setup_logging(training_args):
     transformers.utils.logging.set_verbosity(level)
 
 
+CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def checkpoint_problems(folder: str) -> list[str]:
+    """What a checkpoint lacks to be resumed from (empty when complete). Trainer writes the weights, then the
+    processor, optimizer, scheduler and RNG states, and trainer_state.json last: a run killed while saving leaves a
+    folder without it (or with a truncated one)."""
+    problems = []
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHTS_FILES):
+        problems.append("no model weights")
+    if not os.path.isfile(os.path.join(folder, PROCESSOR_FILE)):
+        problems.append(f"no {PROCESSOR_FILE}")
+    state = os.path.join(folder, TRAINER_STATE_NAME)
+    if not os.path.isfile(state):
+        problems.append(f"no {TRAINER_STATE_NAME}")
+    else:
+        try:
+            with open(state) as file:
+                json.load(file)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            problems.append(f"an unreadable {TRAINER_STATE_NAME}")
+    return problems
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-* folder of `output_dir` that can be resumed from; incomplete newer ones (a run killed
+    while saving) are skipped with a warning naming them."""
+    steps = {}
+    for name in os.listdir(output_dir):
+        match = CHECKPOINT_PATTERN.match(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            steps[os.path.join(output_dir, name)] = int(match.group(1))
+    for folder in sorted(steps, key=steps.get, reverse=True):
+        problems = checkpoint_problems(folder)
+        if not problems:
+            return folder
+        logger.warning(
+            "Skipping the incomplete checkpoint %s (%s; was the run stopped while saving it?)", folder, ", ".join(problems)
+        )
+    return None
+
+
 def resolve_checkpoint(training_args) -> str | None:
-    """`--resume_from_checkpoint PATH`, or `true`/`last` for the newest checkpoint in `--output_dir`."""
+    """`--resume_from_checkpoint PATH`, or `true`/`last` for the newest complete checkpoint in `--output_dir`."""
     wanted = training_args.resume_from_checkpoint
     if wanted is None:
         return None
     if wanted.lower() in ("true", "last"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = last_complete_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint {wanted}: no checkpoint-* folder in {training_args.output_dir}")
+            raise ValueError(f"--resume_from_checkpoint {wanted}: no complete checkpoint-* folder in {training_args.output_dir}")
         return last
     if not os.path.isdir(wanted):
         raise ValueError(f"--resume_from_checkpoint {wanted}: no such folder")
+    problems = checkpoint_problems(wanted)
+    if problems:
+        raise ValueError(f"--resume_from_checkpoint {wanted}: an incomplete checkpoint ({', '.join(problems)})")
     return wanted
 
 
@@ -79,14 +128,30 @@ class BitsPerDimTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+def checkpoint_step(checkpoint: str | None) -> int:
+    """The optimiser step a checkpoint was saved at (0 for a fresh run)."""
+    if checkpoint is None:
+        return 0
+    with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as file:
+        return json.load(file)["global_step"]
+
+
 def train_and_evaluate(trainer: Trainer, checkpoint: str | None, tokenizer) -> dict[str, float]:
     """Train (or resume), save model and tokenizer, record train and validation metrics; return the latter."""
+    first_step = checkpoint_step(checkpoint)  # read now: checkpoint rotation may delete the folder while training
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(trainer.args.output_dir)
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    # Trainer's train metrics (train_loss, runtime, throughput) cover only the steps run by this call: say which.
+    # The whole run's logged losses are in trainer_state.json.
+    train_metrics = {
+        **train_result.metrics,
+        "resumed_from_step": first_step,
+        "train_steps_in_this_run": trainer.state.global_step - first_step,
+    }
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
     trainer.save_state()
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)

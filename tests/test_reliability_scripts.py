@@ -106,3 +106,115 @@ def test_bert_classifier_generative_loss_is_a_mean_over_masked_pixels_under_accu
     assert eval_loss == pytest.approx(expected, rel=0.03)
     for loss in losses:
         assert loss == pytest.approx(expected, rel=0.05)
+
+
+# --- 2. Resuming skips a checkpoint left incomplete by a kill during its save -----------------------------------------
+
+
+DIGITS = ["--dataset_name", "digits", "--disable_tqdm", "true", "--seed", "0"]
+TINY_PRETRAINING = ["--image_size", "8", "--n_clusters", "8", "--num_hidden_layers", "2", "--hidden_size", "64",
+                    "--num_attention_heads", "4", "--palette_max_pixels", "20000"]  # fmt: skip
+
+# run_pretraining with the processor's save replaced by SIGKILL when it reaches checkpoint-4: the weights are written,
+# the processor, optimizer and trainer_state.json are not, as when a run is killed in the middle of a save.
+KILLED_DURING_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {examples!r})
+import run_pretraining
+from image_processing import IGPTImageProcessor
+
+save = IGPTImageProcessor.save_pretrained
+
+def save_or_die(self, folder, *args, **kwargs):
+    if os.path.basename(os.path.normpath(folder)) == "checkpoint-4":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(self, folder, *args, **kwargs)
+
+IGPTImageProcessor.save_pretrained = save_or_die
+run_pretraining.main(sys.argv[1:])
+"""
+
+
+def run_script(script: str, *args: str, expect_kill: bool = False) -> subprocess.CompletedProcess:
+    command = [sys.executable, script if script.endswith(".py") and os.path.isabs(script) else str(EXAMPLES / script)]
+    result = subprocess.run([*command, *args], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if expect_kill:
+        assert result.returncode == -9, (result.returncode, result.stderr[-3000:])
+    elif result.returncode:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def logged_losses(folder: Path) -> dict[int, float]:
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    common = [*DIGITS, *TINY_PRETRAINING, "--max_steps", "6", "--per_device_train_batch_size", "16",
+              "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--logging_steps", "1",
+              "--max_train_samples", "96"]  # fmt: skip
+    run_script("run_pretraining.py", *common, "--output_dir", str(tmp_path / "full"))
+
+    killed = tmp_path / "killed"
+    driver = tmp_path / "killed_during_save.py"
+    driver.write_text(KILLED_DURING_SAVE.format(examples=str(EXAMPLES)))
+    run_script(str(driver), *common, "--output_dir", str(killed), expect_kill=True)
+    assert (killed / "checkpoint-4" / "model.safetensors").exists()
+    assert not (killed / "checkpoint-4" / "trainer_state.json").exists()
+
+    resumed = run_script("run_pretraining.py", *common, "--output_dir", str(killed), "--resume_from_checkpoint", "true")
+    log = resumed.stdout + resumed.stderr
+    assert "Skipping the incomplete checkpoint" in log and "checkpoint-4" in log
+    assert log.count("'loss'") == 4  # steps 3-6, from checkpoint-2
+
+    full, again = logged_losses(tmp_path / "full"), logged_losses(killed)
+    assert sorted(again) == [1, 2, 3, 4, 5, 6]
+    for step in (3, 4, 5, 6):
+        assert math.isclose(again[step], full[step], rel_tol=1e-4), (step, again[step], full[step])
+    full_weights, resumed_weights = load_file(tmp_path / "full" / "model.safetensors"), load_file(killed / "model.safetensors")
+    for name, weight in full_weights.items():
+        torch.testing.assert_close(resumed_weights[name], weight, rtol=1e-4, atol=1e-6, msg=name)
+
+    results = json.loads((killed / "train_results.json").read_text())
+    assert (results["resumed_from_step"], results["train_steps_in_this_run"]) == (2, 4)
+    assert json.loads((tmp_path / "full" / "train_results.json").read_text())["resumed_from_step"] == 0
+
+
+def fake_checkpoint(folder: Path, step: int, missing: str | None = None, truncated_state: bool = False) -> Path:
+    checkpoint = folder / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    for name in ("model.safetensors", "preprocessor_config.json", "trainer_state.json"):
+        if name != missing:
+            (checkpoint / name).write_text("{}")
+    if truncated_state:
+        (checkpoint / "trainer_state.json").write_text('{"global_step": ')
+    return checkpoint
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ({"missing": "trainer_state.json"}, "no trainer_state.json"),
+        ({"missing": "preprocessor_config.json"}, "no preprocessor_config.json"),
+        ({"missing": "model.safetensors"}, "no model weights"),
+        ({"truncated_state": True}, "an unreadable trainer_state.json"),
+    ],
+)
+def test_resume_true_skips_incomplete_checkpoints_and_a_named_one_is_refused(tmp_path, caplog, damage, problem):
+    from types import SimpleNamespace
+
+    from training import resolve_checkpoint
+
+    complete = fake_checkpoint(tmp_path, 10)
+    broken = fake_checkpoint(tmp_path, 20, **damage)
+    fake_checkpoint(tmp_path, 5)
+    (tmp_path / "checkpoint-30.tmp").mkdir()  # not a checkpoint name
+    args = SimpleNamespace(resume_from_checkpoint="true", output_dir=str(tmp_path))
+    with caplog.at_level("WARNING"):
+        assert resolve_checkpoint(args) == str(complete)
+    assert str(broken) in caplog.text and problem in caplog.text
+    with pytest.raises(ValueError, match=f"incomplete checkpoint \\({problem}"):
+        resolve_checkpoint(SimpleNamespace(resume_from_checkpoint=str(broken), output_dir=str(tmp_path)))
