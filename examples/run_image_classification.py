@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import evaluate
 import numpy as np
 import torch.nn.functional as F
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from data import ClassificationCollator, DataArguments, ImageTokenizer, load_image_splits, tokenize_transform
 from modeling_igpt import IGPTForImageClassification
 from training import (
+    FiniteTrainer,
     paper_optimiser_defaults,
     parse_arguments,
     publish_or_card,
@@ -73,7 +74,7 @@ def classification_defaults() -> dict:
     }
 
 
-class MaskEnsembleTrainer(Trainer):
+class MaskEnsembleTrainer(FiniteTrainer):
     """For BERT checkpoints, predictions are the modal class over `num_masks` random masks (one-hot "logits")."""
 
     def __init__(self, *args, num_masks: int = 5, **kwargs):

@@ -20,6 +20,7 @@ PSNR is that of the images in [0, 1]: 10 log10(2^2 / MSE) with the MSE measured 
 """
 
 import ast
+import inspect
 import logging
 import math
 import os
@@ -32,9 +33,10 @@ import torch
 import transformers
 from PIL import Image
 from sklearn.datasets import load_sample_images
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from data import DataArguments, load_image_splits
+from training import FiniteTrainer, resolve_checkpoint
 from image_processing import IGPTImageProcessor, make_image_grid
 from modeling_igpt.configuration_vqvae import IGPTVQVAEConfig
 from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
@@ -142,7 +144,7 @@ def collate(examples: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class VQVAETrainer(Trainer):
+class VQVAETrainer(FiniteTrainer):
     """A Trainer whose evaluation reports what a VQ-VAE is judged by: reconstruction MSE and PSNR, and codebook use."""
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -203,17 +205,29 @@ def save_reconstructions(model: IGPTVQVAEModel, dataset, count: int, path: str, 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def config_keys() -> list[str]:
+    """What --config_overrides may set: IGPTVQVAEConfig's own arguments (image_size has its own flag)."""
+    parameters = inspect.signature(IGPTVQVAEConfig.__init__).parameters.values()
+    return [p.name for p in parameters if p.name not in ("self", "image_size") and p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
 def parse_config_overrides(overrides: str | None) -> dict:
-    """'latent_size=16,commitment_cost=0.05' -> {'latent_size': 16, 'commitment_cost': 0.05}."""
+    """'latent_size=16,commitment_cost=0.05' -> {'latent_size': 16, 'commitment_cost': 0.05}; a key the config does
+    not have is an error (a misspelt `codebok_size=64` would otherwise train with the default 4096 codes)."""
     if not overrides:
         return {}
     parsed = {}
     for item in overrides.split(","):
         key, _, value = item.partition("=")
+        key = key.strip()
         try:
-            parsed[key.strip()] = ast.literal_eval(value.strip())
+            parsed[key] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError) as error:
             raise ValueError(f"--config_overrides: cannot read {item!r} as key=value") from error
+        if key == "image_size":
+            raise ValueError("--config_overrides: set image_size with --image_size")
+        if key not in config_keys():
+            raise ValueError(f"--config_overrides: IGPTVQVAEConfig has no {key!r}; valid keys: {', '.join(config_keys())}")
     return parsed
 
 
@@ -228,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(training_args.seed)
 
     if model_args.model_name_or_path is not None:
+        if model_args.config_overrides:
+            raise ValueError("--config_overrides applies to a new model only, not to --model_name_or_path")
         model = IGPTVQVAEModel.from_pretrained(model_args.model_name_or_path)
     else:
         overrides = parse_config_overrides(model_args.config_overrides)
@@ -254,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     metrics = {}
     if training_args.do_train or not training_args.do_eval:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
         trainer.save_model()  # model (safetensors) + processor
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

@@ -119,7 +119,38 @@ def resolve_checkpoint(training_args) -> str | None:
     return wanted
 
 
-class BitsPerDimTrainer(Trainer):
+class NonFiniteLossError(RuntimeError):
+    """Training produced a non-finite loss or non-finite weights; the checkpoints already written are intact."""
+
+
+class FiniteTrainer(Trainer):
+    """Stops at the first non-finite training loss, naming the step, and never saves non-finite weights.
+
+    Trainer by default hides such losses (`logging_nan_inf_filter` logs the running mean instead) and keeps training
+    and saving: a run that diverged would overwrite its last good checkpoints with NaN weights without a word.
+    """
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"Non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}: stopping before "
+                f"the optimiser applies it. Checkpoints saved so far in {self.args.output_dir} are intact; lower the "
+                "learning rate or resume from the last one."
+            )
+        return loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        bad = [name for name, weight in self.model.named_parameters() if not torch.isfinite(weight).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"Non-finite weights after step {self.state.global_step} ({len(bad)} tensors, first {bad[0]}): not "
+                f"saving them over the checkpoints in {self.args.output_dir}."
+            )
+        super().save_model(output_dir, _internal_call)
+
+
+class BitsPerDimTrainer(FiniteTrainer):
     """Logs `<split>_bits_per_dim` = loss / ln 2 next to every evaluation loss (the paper reports bits per dimension)."""
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:

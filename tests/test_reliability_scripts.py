@@ -218,3 +218,60 @@ def test_resume_true_skips_incomplete_checkpoints_and_a_named_one_is_refused(tmp
     assert str(broken) in caplog.text and problem in caplog.text
     with pytest.raises(ValueError, match=f"incomplete checkpoint \\({problem}"):
         resolve_checkpoint(SimpleNamespace(resume_from_checkpoint=str(broken), output_dir=str(tmp_path)))
+
+
+# --- 7. run_vqvae: misspelt config overrides, and a diverging run stops at the first non-finite loss ----------------
+
+
+VQVAE_TINY = ["--image_size", "32", "--bundled_train_crops", "32", "--bundled_validation_crops", "8",
+              "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--logging_steps", "1"]  # fmt: skip
+
+
+def test_misspelt_config_override_names_the_key_and_the_valid_ones(tmp_path):
+    import run_vqvae
+
+    with pytest.raises(ValueError, match=r"no 'codebok_size'; valid keys: latent_size, .*codebook_size"):
+        run_vqvae.main([*VQVAE_TINY, "--config_overrides", "codebok_size=64", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="set image_size with --image_size"):
+        run_vqvae.parse_config_overrides("image_size=64")
+    with pytest.raises(ValueError, match="cannot read 'codebook_size' as key=value"):
+        run_vqvae.parse_config_overrides("codebook_size")
+    assert run_vqvae.parse_config_overrides("latent_size=16, codebook_size=64") == {"latent_size": 16, "codebook_size": 64}
+
+
+def test_config_overrides_are_refused_for_an_existing_model(tmp_path):
+    import run_vqvae
+    from modeling_igpt.configuration_vqvae import IGPTVQVAEConfig
+    from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
+
+    IGPTVQVAEModel(IGPTVQVAEConfig(image_size=32, latent_size=16, codebook_size=64)).save_pretrained(tmp_path / "vq")
+    with pytest.raises(ValueError, match="applies to a new model only"):
+        run_vqvae.main([*VQVAE_TINY, "--model_name_or_path", str(tmp_path / "vq"), "--config_overrides", "codebook_size=8",
+                        "--output_dir", str(tmp_path / "out")])  # fmt: skip
+
+
+def test_a_diverging_vqvae_run_stops_at_the_first_non_finite_loss_with_its_checkpoints_intact(tmp_path):
+    """Learning rate 1e30: Adam's first step moves every weight by ~1e30 (still finite), the second forward pass
+    overflows. Trainer alone hides the NaN loss (logging_nan_inf_filter) and saves NaN weights at every step."""
+    import run_vqvae
+    from safetensors.torch import load_file
+    from training import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite training loss \(nan\) at step 2"):
+        run_vqvae.main([*VQVAE_TINY, "--config_overrides", "latent_size=16,codebook_size=64", "--max_steps", "6",
+                        "--save_strategy", "steps", "--save_steps", "1", "--learning_rate", "1e30",
+                        "--output_dir", str(tmp_path)])  # fmt: skip
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert all(torch.isfinite(weight).all() for weight in load_file(tmp_path / "checkpoint-1" / "model.safetensors").values())
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    from training import FiniteTrainer, NonFiniteLossError
+
+    model = IGPTForMaskedImageModeling(tiny_bert_config())
+    trainer = FiniteTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True))
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteLossError, match="1 tensors, first lm_head.weight"):
+        trainer.save_model(str(tmp_path / "model"))
+    assert not (tmp_path / "model").exists()
