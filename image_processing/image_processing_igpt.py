@@ -8,6 +8,7 @@ This file is copied to the Hugging Face Hub next to a model, so it imports only 
 """
 
 import hashlib
+import io
 from collections import OrderedDict
 
 import numpy as np
@@ -15,7 +16,7 @@ import PIL.Image
 import torch
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict, infer_channel_dimension_format
+from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
@@ -36,16 +37,25 @@ class IGPTImageProcessorKwargs(ImagesKwargs, total=False):
 # Any picture -> (H, W, 3) uint8 RGB
 
 
+CHANNEL_COUNTS = (1, 3, 4)  # gray, RGB, RGBA
+
+
 def to_rgb_uint8(image, input_data_format: str | ChannelDimension | None = None) -> np.ndarray:
-    """Convert a PIL image (any mode), numpy array or torch tensor to an (H, W, 3) uint8 RGB array.
+    """Convert a PIL image (any mode), numpy array, torch tensor or encoded file (PNG/JPEG... `bytes`, or a
+    `{"bytes": ..., "path": ...}` dict as an undecoded `datasets.Image` column gives) to an (H, W, 3) uint8 RGB array.
 
     Arrays may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} (4 = RGBA, composited onto white as transformers
-    does). Value ranges by dtype: uint8 as is; uint16 (and PIL "I;16"/"I") scaled by 255/65535; other integers must lie
-    in [0, 255]; floats (and PIL "F") must lie in [0, 1] and are rounded to the nearest 8-bit level; bool is 0/255.
+    does); which axis holds the channels is decided by `channel_axis` (numpy channels-last, torch channels-first, unless
+    `input_data_format` says otherwise). Value ranges by dtype: uint8 as is; uint16 (and PIL "I;16"/"I") scaled by
+    255/65535; other integers must lie in [0, 255]; floats (and PIL "F") must lie in [0, 1] and are rounded to the
+    nearest 8-bit level; bool is 0/255.
     """
+    if is_encoded_image(image):
+        image = decode_image_file(image)
     if isinstance(image, PIL.Image.Image):
         return _pil_to_rgb(image)
-    if isinstance(image, torch.Tensor):
+    channels_first = isinstance(image, torch.Tensor)  # torch's convention; numpy's is channels-last
+    if channels_first:
         image = image.detach().cpu()
         image = (image.float() if image.is_floating_point() else image).numpy()
     array = np.asarray(image)
@@ -54,7 +64,7 @@ def to_rgb_uint8(image, input_data_format: str | ChannelDimension | None = None)
     if array.ndim == 2:
         array = array[..., None]
     elif array.ndim == 3:
-        array = np.moveaxis(array, _channel_axis(array, input_data_format), -1)
+        array = np.moveaxis(array, channel_axis(array.shape, input_data_format, channels_first), -1)
     else:
         raise ValueError(f"An image must have 2 or 3 dimensions, got shape {array.shape}.")
     array = _to_uint8(array)  # (H, W, C)
@@ -67,16 +77,56 @@ def to_rgb_uint8(image, input_data_format: str | ChannelDimension | None = None)
     return array
 
 
-def _channel_axis(array: np.ndarray, input_data_format) -> int:
+def channel_axis(shape: tuple[int, ...], input_data_format=None, channels_first: bool = False) -> int:
+    """The channel axis (0 or -1) of a 3-D image array: the one rule the processor and `fit_palette` share.
+
+    1. `input_data_format` ("channels_first" / "channels_last"), when given, decides (and must point at 1, 3 or 4).
+    2. Otherwise, when both ends of the shape could hold channels (1, 3 or 4 entries: a 4 x 4 x 3 or 3 x 10 x 3 image),
+       the container's convention decides: numpy arrays (and nested lists) are channels-last, as `np.asarray(pil_image)`
+       is; torch tensors are channels-first, as torchvision's are (`channels_first=True`).
+    3. When only one end can hold channels, it is that one (a (3, 32, 32) array, a (32, 32, 3) tensor).
+
+    transformers' `infer_channel_dimension_format` instead takes the first axis whenever both could be channels (with
+    a log warning), which reads small channels-last numpy images wrong; this processor never guesses that way.
+    """
     if input_data_format is not None:
-        return 0 if ChannelDimension(input_data_format) == ChannelDimension.FIRST else -1
+        axis = 0 if ChannelDimension(input_data_format) == ChannelDimension.FIRST else -1
+        if shape[axis] not in CHANNEL_COUNTS:
+            raise ValueError(
+                f"input_data_format={ChannelDimension(input_data_format).value!r} puts {shape[axis]} channels on axis "
+                f"{axis} of an image of shape {tuple(shape)}; images have 1, 3 or 4 channels."
+            )
+        return axis
+    first, last = shape[0] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
+    if first and last:
+        return 0 if channels_first else -1
+    if first or last:
+        return 0 if first else -1
+    raise ValueError(f"An image must have 1, 3 or 4 channels on its first or last axis, got shape {tuple(shape)}.")
+
+
+def is_encoded_image(image) -> bool:
+    """Encoded image file contents: raw bytes, or a dict with "bytes" / "path" (an undecoded `datasets.Image`)."""
+    return isinstance(image, (bytes, bytearray, memoryview)) or (
+        isinstance(image, dict) and ("bytes" in image or "path" in image)
+    )
+
+
+def decode_image_file(image) -> PIL.Image.Image:
+    """PNG/JPEG/... bytes, or `{"bytes": bytes or None, "path": str or None}` -> a loaded PIL image."""
+    if isinstance(image, dict):
+        source = image.get("bytes") if image.get("bytes") is not None else image.get("path")
+        if source is None:
+            raise ValueError(f"An image dict needs 'bytes' or 'path', got {image!r}.")
+    else:
+        source = bytes(image)
     try:
-        layout = infer_channel_dimension_format(array, num_channels=(1, 3, 4))
-    except ValueError:
-        raise ValueError(
-            f"An image must have 1, 3 or 4 channels on its first or last axis, got shape {array.shape}."
-        ) from None
-    return 0 if layout == ChannelDimension.FIRST else -1
+        decoded = PIL.Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        decoded.load()
+    except (OSError, PIL.UnidentifiedImageError) as error:
+        what = f"{len(source)} bytes" if isinstance(source, (bytes, bytearray)) else repr(source)
+        raise ValueError(f"Could not decode an image from {what}: {error}") from None
+    return decoded
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -359,11 +409,19 @@ class IGPTImageProcessor(PilBackend):
         return to_rgb_uint8(image, input_data_format)
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3):
-        # transformers' flattening rejects 2-D (grayscale) arrays; give them a channel axis first.
+        if isinstance(images, (list, tuple)) and len(images) == 0:
+            raise ValueError("Got an empty list of images: pass at least one image.")
+        # Encoded files (bytes, undecoded datasets.Image dicts) are decoded here: transformers' flattening refuses them.
+        if is_encoded_image(images):
+            images = decode_image_file(images)
+        elif isinstance(images, (list, tuple)) and any(is_encoded_image(image) for image in images):
+            images = [decode_image_file(image) if is_encoded_image(image) else image for image in images]
+        # transformers' flattening rejects 2-D (grayscale) arrays; give them a channel axis where their convention
+        # puts it (numpy last, torch first), so that `channel_axis` reads a 3 x 4 gray image as gray.
         if _is_2d_array(images):
-            images = images[..., None]
+            images = _with_channel_axis(images)
         elif isinstance(images, (list, tuple)) and any(_is_2d_array(image) for image in images):
-            images = [image[..., None] if _is_2d_array(image) else image for image in images]
+            images = [_with_channel_axis(image) if _is_2d_array(image) else image for image in images]
         return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
 
     def _validate_preprocess_kwargs(self, do_center_crop=None, crop_size=None, **kwargs):
@@ -470,6 +528,10 @@ class IGPTImageProcessor(PilBackend):
 
 def _is_2d_array(image) -> bool:
     return isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 2
+
+
+def _with_channel_axis(image):
+    return image[None] if isinstance(image, torch.Tensor) else image[..., None]
 
 
 IGPTImageProcessor.register_for_auto_class("AutoImageProcessor")

@@ -38,14 +38,15 @@ def fit_palette(
     max_iter: int = 100,
     tol: float = 1e-4,
     allow_fewer_clusters: bool = True,
+    input_data_format: str | None = None,
     **processor_kwargs,
 ) -> IGPTImageProcessor:
     """Fit a k-means colour palette and return the `IGPTImageProcessor` that uses it.
 
     Args:
         images: a `datasets.Dataset` (image column `image_column`, by default the first of "image", "img",
-            "pixel_values"), an iterable of images (PIL, arrays, tensors: anything the processor takes), or a uint8
-            array of pixels (N, 3) or images (N, H, W, 3).
+            "pixel_values"), an iterable of images (PIL, arrays, tensors, encoded bytes: anything the processor
+            takes), a uint8 array of pixels (N, 3), or a batch of images: numpy (N, H, W, 3) or torch (N, 3, H, W).
         n_clusters: palette size K (512 in the paper).
         seed: seeds k-means++ and every sample; the palette is a deterministic function of data and seed.
         size: if given, images are resized (as the processor will) before their pixels are counted, and the processor
@@ -56,13 +57,17 @@ def fit_palette(
         max_iter, tol: Lloyd iterations stop after `max_iter` or once the relative drop in inertia is below `tol`.
         allow_fewer_clusters: when the data holds only m < n_clusters distinct colours (e.g. grayscale images), return
             a palette of exactly those m colours with a warning (no duplicated clusters); if False, raise ValueError.
+        input_data_format: "channels_first" or "channels_last" for array images; by default the processor's rule
+            (`image_processing_igpt.channel_axis`): numpy channels-last, torch channels-first, unless only the other
+            end of the shape can hold 1, 3 or 4 channels.
         processor_kwargs: passed to `IGPTImageProcessor` (e.g. `do_center_crop`, `resample`).
     """
-    if n_clusters < 1:
-        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}.")
-    size_kwargs = {"size": size} if size else {}
+    _check_arguments(n_clusters=n_clusters, seed=seed, size=size, max_pixels=max_pixels, max_iter=max_iter, tol=tol)
+    size_kwargs = {"size": size} if size is not None else {}
     processor = IGPTImageProcessor(**size_kwargs, **processor_kwargs)  # no palette yet: for its resize and levels
-    counts = colour_counts(images, processor if size else None, max_pixels, seed, progress, image_column)
+    counts = colour_counts(
+        images, processor if size is not None else None, max_pixels, seed, progress, image_column, input_data_format
+    )
     colours = np.flatnonzero(counts)  # (m,) distinct 24-bit colours
     if len(colours) == 0:
         raise ValueError("fit_palette got no pixels.")
@@ -81,16 +86,41 @@ def fit_palette(
     return IGPTImageProcessor(clusters=centres, **size_kwargs, **processor_kwargs)
 
 
+def _check_arguments(n_clusters, seed, size, max_pixels, max_iter, tol):
+    """ValueError naming the argument for anything k-means could not honour (instead of a deep or silent failure)."""
+
+    def is_int(value):
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+    problems = []
+    if not (is_int(n_clusters) and n_clusters >= 1):
+        problems.append(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
+    if not (is_int(seed) and seed >= 0):
+        problems.append(f"seed must be an integer >= 0, got {seed!r}")
+    if size is not None and not isinstance(size, dict) and not (is_int(size) and size >= 1):
+        problems.append(f"size must be None, an integer >= 1 or a {{'height', 'width'}} dict, got {size!r}")
+    if max_pixels is not None and not (is_int(max_pixels) and max_pixels >= 1):
+        problems.append(f"max_pixels must be None or an integer >= 1, got {max_pixels!r}")
+    if not (is_int(max_iter) and max_iter >= 1):
+        problems.append(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not (isinstance(tol, (int, float, np.floating)) and not isinstance(tol, bool) and np.isfinite(tol) and tol >= 0):
+        problems.append(f"tol must be a finite number >= 0, got {tol!r}")
+    if problems:
+        raise ValueError("fit_palette: " + "; ".join(problems) + ".")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Counting colours
 
 
-def colour_counts(images, processor=None, max_pixels=None, seed=0, progress=True, image_column=None) -> np.ndarray:
+def colour_counts(
+    images, processor=None, max_pixels=None, seed=0, progress=True, image_column=None, input_data_format=None
+) -> np.ndarray:
     """(2^24,) int64 histogram of the 8-bit RGB colours in `images`; `processor` (if given) resizes them first."""
     counts = np.zeros(N_COLOURS, dtype=np.int64)
     buffer, buffered, total = [], 0, 0
     bar = tqdm(desc="counting pixels", unit="px", unit_scale=True, disable=not progress)
-    for pixels in _iter_pixels(images, processor, max_pixels, seed, image_column):  # (n, 3) uint8
+    for pixels in _iter_pixels(images, processor, max_pixels, seed, image_column, input_data_format):  # (n, 3) uint8
         if max_pixels is not None:
             pixels = pixels[: max_pixels - total]
         buffer.append(pack_colours(pixels))
@@ -107,7 +137,7 @@ def colour_counts(images, processor=None, max_pixels=None, seed=0, progress=True
     return counts
 
 
-def _iter_pixels(images, processor, max_pixels, seed, image_column):
+def _iter_pixels(images, processor, max_pixels, seed, image_column, input_data_format=None):
     """Yield (n, 3) uint8 RGB pixel blocks from any supported input."""
     rng = np.random.default_rng(seed)
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 2:  # (N, 3) pixels
@@ -121,7 +151,7 @@ def _iter_pixels(images, processor, max_pixels, seed, image_column):
     elif isinstance(images, (np.ndarray, torch.Tensor)) and max_pixels is not None:
         images = images[rng.permutation(len(images))]
     for image in images:
-        rgb = to_rgb_uint8(image)  # (H, W, 3)
+        rgb = to_rgb_uint8(image, input_data_format)  # (H, W, 3)
         if processor is not None:
             size = processor.size
             rgb = resize_rgb(rgb, size.height, size.width, processor.resample, processor.do_center_crop)

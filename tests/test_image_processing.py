@@ -143,7 +143,7 @@ def test_hub_file_runs_alone_with_trust_remote_code(tmp_path):
 
 def test_hub_file_imports_only_allowed_modules():
     source = Path(image_processing_igpt.__file__).read_text()
-    allowed = {"numpy", "PIL", "torch", "transformers", "hashlib", "collections"}
+    allowed = {"numpy", "PIL", "torch", "transformers", "hashlib", "collections", "io"}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             assert {alias.name.split(".")[0] for alias in node.names} <= allowed
@@ -234,6 +234,102 @@ def test_batch_of_mixed_inputs_and_list_shapes():
     assert processor(batch)["input_ids"].shape == (5, 1024)
     mixed = [PIL.Image.fromarray(batch[0]), batch[1], torch.from_numpy(batch[2]).permute(2, 0, 1), batch[3, ..., 0]]
     assert processor(mixed)["input_ids"].shape == (4, 1024)
+
+
+# --- channel order: one rule, never a guess ---------------------------------------------------------------------------
+# numpy arrays are channels-last and torch tensors channels-first, whenever both ends of the shape could hold 1, 3 or
+# 4 channels; only when one end cannot is the other taken; `input_data_format` overrides both.
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (3, 10), (3, 3), (1, 4), (4, 3), (3, 4)], ids=str)
+def test_small_images_keep_their_channel_order(shape):
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)  # (H, W, 3)
+    expected = reference_ids(rgb, PALETTE).reshape(1, -1)
+    processor = IGPTImageProcessor(clusters=PALETTE, size={"height": shape[0], "width": shape[1]})
+    chw = rgb.transpose(2, 0, 1)
+    as_read = {
+        "numpy HWC": processor(rgb),
+        "numpy HWC batch": processor(rgb[None]),
+        "torch CHW": processor(torch.from_numpy(chw)),
+        "torch CHW batch": processor(torch.from_numpy(chw)[None]),
+        "numpy CHW, said": processor(chw, input_data_format="channels_first"),
+        "torch HWC, said": processor(torch.from_numpy(rgb), input_data_format="channels_last"),
+        "list of numpy HWC": processor([rgb, rgb]),
+    }
+    for name, output in as_read.items():
+        ids = output["input_ids"]
+        assert np.array_equal(ids[:1], expected), (name, int((ids[:1] != expected).sum()), "of", expected.size, "wrong")
+
+
+def test_grayscale_tensors_and_arrays_of_three_or_four_rows_stay_grayscale():
+    gray = np.random.default_rng(0).integers(0, 256, (3, 4), dtype=np.uint8)  # (H, W): both ends look like channels
+    expected = reference_ids(np.repeat(gray[..., None], 3, axis=-1), PALETTE).reshape(1, -1)
+    processor = IGPTImageProcessor(clusters=PALETTE, size={"height": 3, "width": 4})
+    for image in (gray, torch.from_numpy(gray), [gray], [torch.from_numpy(gray)]):
+        assert np.array_equal(processor(image)["input_ids"], expected), type(image)
+
+
+def test_channels_first_numpy_and_channels_last_tensors_are_read_when_unambiguous():
+    rgb = np.random.default_rng(1).integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    expected = reference_ids(rgb, PALETTE).reshape(1, -1)
+    processor = IGPTImageProcessor(clusters=PALETTE, size={"height": 8, "width": 10})
+    assert np.array_equal(processor(rgb.transpose(2, 0, 1))["input_ids"], expected)  # (3, 8, 10): 10 is no channel
+    assert np.array_equal(processor(torch.from_numpy(rgb))["input_ids"], expected)  # (8, 10, 3): 8 is no channel
+
+
+def test_a_wrong_input_data_format_is_an_error_not_a_guess():
+    with pytest.raises(ValueError, match="channels"):
+        IGPTImageProcessor(clusters=PALETTE)(np.zeros((8, 8, 3), np.uint8), input_data_format="channels_first")
+
+
+# --- encoded files and empty input ------------------------------------------------------------------------------------
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_png_bytes_and_undecoded_dataset_dicts_give_the_decoded_images_ids(tmp_path):
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    rgb = np.random.default_rng(2).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    processor = IGPTImageProcessor(clusters=PALETTE, size={"height": 6, "width": 7})
+    expected = processor(rgb)["input_ids"]
+    PIL.Image.fromarray(rgb).save(tmp_path / "image.png")
+    encoded = png_bytes(rgb)
+    dataset = Dataset.from_dict({"image": [str(tmp_path / "image.png")]}, features=Features({"image": ImageFeature()}))
+    undecoded = dataset.cast_column("image", ImageFeature(decode=False))[0]["image"]  # {"bytes": None, "path": ...}
+    for name, image in [
+        ("bytes", encoded),
+        ("bytearray", bytearray(encoded)),
+        ("dict with bytes", {"bytes": encoded, "path": None}),
+        ("dict with path", {"bytes": None, "path": str(tmp_path / "image.png")}),
+        ("datasets.Image(decode=False)", undecoded),
+        ("list of dicts", [{"bytes": encoded, "path": "ignored.png"}]),
+    ]:
+        assert np.array_equal(processor(image)["input_ids"], expected), name
+    assert processor([encoded, rgb])["input_ids"].shape == (2, 42)  # mixed with arrays
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        ([], "empty list of images"),
+        ((), "empty list of images"),
+        (b"not an image", r"Could not decode an image from 12 bytes"),
+        ({"bytes": None, "path": None}, "needs 'bytes' or 'path'"),
+        ([{"bytes": b"\x89PNG broken", "path": None}], "Could not decode an image"),
+    ],
+    ids=["empty list", "empty tuple", "garbage bytes", "empty dict", "truncated PNG"],
+)
+def test_empty_and_undecodable_inputs_raise_clear_errors(images, match):
+    with pytest.raises(ValueError, match=match):
+        IGPTImageProcessor(clusters=PALETTE)(images)
 
 
 # --- decode and grids -------------------------------------------------------------------------------------------------

@@ -22,6 +22,14 @@ def photos():
     return np.stack([np.asarray(PIL.Image.fromarray(image).resize((96, 64))) for image in load_sample_images().images])
 
 
+def png(image: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def inertia(pixels_uint8, clusters):
     x = pixels_uint8.reshape(-1, 3).astype(np.float32) / 127.5 - 1
     return nearest_centres(x, clusters)[0].sum()
@@ -53,9 +61,32 @@ def test_every_input_kind_gives_the_same_palette(photos):
         fit_palette(iter(pil), n_clusters=8, progress=False),  # an iterable of PIL images
         fit_palette(dataset, n_clusters=8, progress=False),  # a Dataset, column "img" found
         fit_palette(photos / 255.0, n_clusters=8, progress=False),  # float images in [0, 1]
+        fit_palette([png(image) for image in photos], n_clusters=8, progress=False),  # encoded PNG files
+        fit_palette(dataset.cast_column("img", Image(decode=False)), n_clusters=8, progress=False),  # undecoded
     ]
     for processor in palettes[1:]:
         assert np.array_equal(processor.clusters, palettes[0].clusters)
+
+
+def test_small_channels_last_images_give_the_palette_of_their_pixels():
+    """(N, 4, 4, 3) uint8 images are channels-last (numpy's convention), as in the processor: same palette as their
+    pixels; torch (N, 3, 4, 4) tensors are channels-first; `input_data_format` says otherwise."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (6, 3), dtype=np.uint8)
+    images = colours[rng.integers(0, 6, (50, 4, 4))]  # (50, 4, 4, 3): six colours
+    expected = fit_palette(images.reshape(-1, 3), n_clusters=6, progress=False)
+    for kind, data, layout in [
+        ("numpy NHWC", images, None),
+        ("list of HWC", list(images), None),
+        ("torch NCHW", torch.from_numpy(images).permute(0, 3, 1, 2), None),
+        ("numpy NCHW, said", images.transpose(0, 3, 1, 2), "channels_first"),
+    ]:
+        processor = fit_palette(data, n_clusters=6, progress=False, input_data_format=layout)
+        assert np.array_equal(processor.clusters, expected.clusters), kind
+    palette = {tuple(colour) for colour in fit_palette(images, n_clusters=6, progress=False).palette_rgb()}
+    assert palette == {tuple(colour) for colour in colours}
 
 
 def test_grayscale_digits_have_fewer_colours_than_clusters():
@@ -109,6 +140,39 @@ def test_bad_input_raises(photos):
         fit_palette(DatasetDict({"train": dataset}), progress=False)
     with pytest.raises(ValueError, match="no pixels"):
         fit_palette([], progress=False)
+
+
+@pytest.mark.parametrize(
+    "arguments, match",
+    [
+        ({"max_pixels": -5}, "max_pixels must be None or an integer >= 1, got -5"),
+        ({"max_pixels": 0}, "max_pixels must be None or an integer >= 1, got 0"),
+        ({"max_pixels": 2.5}, "max_pixels must be None or an integer >= 1"),
+        ({"n_clusters": 2.5}, "n_clusters must be an integer >= 1, got 2.5"),
+        ({"n_clusters": True}, "n_clusters must be an integer >= 1, got True"),
+        ({"n_clusters": -1}, "n_clusters must be an integer >= 1"),
+        ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
+        ({"tol": -1}, "tol must be a finite number >= 0, got -1"),
+        ({"tol": float("nan")}, "tol must be a finite number >= 0, got nan"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"size": 0}, "size|height and width"),
+        ({"size": -3}, "size|height and width"),
+    ],
+    ids=str,
+)
+def test_invalid_numeric_arguments_are_refused_naming_them(photos, arguments, match):
+    with pytest.raises(ValueError, match=match):
+        fit_palette(photos, **{"n_clusters": 4, "progress": False, **arguments})
+
+
+def test_command_line_refuses_a_negative_pixel_budget(tmp_path, photos):
+    folder = tmp_path / "images" / "train"
+    folder.mkdir(parents=True)
+    PIL.Image.fromarray(photos[0]).save(folder / "0.png")
+    with pytest.raises(ValueError, match="max_pixels must be None or an integer >= 1, got -5"):
+        fit_palette_cli(["--train_dir", str(tmp_path / "images"), "--output_dir", str(tmp_path / "out"),
+                         "--max_pixels", "-5", "--no_progress"])  # fmt: skip
+    assert not (tmp_path / "out").exists()
 
 
 def test_command_line_writes_a_processor_folder(tmp_path, photos):
