@@ -3,6 +3,8 @@
     python -m modeling_igpt.convert_imagegpt SRC DST            # ImageGPT folder (e.g. openai/imagegpt-small) -> IGPT
     python -m modeling_igpt.convert_imagegpt SRC DST --reverse  # IGPT folder -> ImageGPT
 
+DST must be a new or empty folder other than SRC; `--overwrite` writes into it anyway (files of the same name replaced).
+
 Both families use GPT-2 parameter names and Conv1D [in, out] layouts, so weights copy key for key; only the config
 fields are renamed. The palette (`clusters` in [-1, 1]) travels with the image processor.
 """
@@ -21,6 +23,7 @@ from transformers import (
     ImageGPTModel,
 )
 
+from .compatibility import check_model_fits_tokenizer
 from .configuration_igpt import IGPTConfig
 from .modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification, IGPTModel
 
@@ -111,34 +114,61 @@ def _load_clusters(folder: Path):
     return processor
 
 
-def convert_imagegpt_to_igpt(source_dir: str | os.PathLike, target_dir: str | os.PathLike):
+def check_target(source_dir: Path, target_dir: Path, overwrite: bool = False):
+    """Refuse, before any work, to write into the source folder or into a folder that holds files, unless `overwrite`."""
+    if target_dir.exists() and not target_dir.is_dir():
+        raise FileExistsError(f"{target_dir} is a file: the target must be a folder")
+    if overwrite or not target_dir.exists():
+        return
+    if target_dir.resolve() == source_dir.resolve():
+        raise FileExistsError(
+            f"The target {target_dir} is the source folder: converting in place would overwrite the source's config "
+            "and weights. Pass a new folder, or --overwrite (overwrite=True) to do it anyway."
+        )
+    if any(target_dir.iterdir()):
+        raise FileExistsError(
+            f"{target_dir} is not empty ({', '.join(sorted(path.name for path in target_dir.iterdir())[:5])}...): pass a "
+            "new folder, or --overwrite (overwrite=True) to replace files of the same names."
+        )
+
+
+def _check_fits(config, processor: dict, source_dir: Path):
+    """The package's one model-tokenizer rule, on the source's config and palette (converted to ours)."""
+    from image_processing import IGPTImageProcessor
+
+    check_model_fits_tokenizer(
+        config, IGPTImageProcessor.from_dict(processor), model_source=source_dir / "config.json",
+        processor_source=source_dir / "preprocessor_config.json",
+    )
+
+
+def convert_imagegpt_to_igpt(source_dir: str | os.PathLike, target_dir: str | os.PathLike, overwrite: bool = False):
     """ImageGPT folder (config, weights, preprocessor_config.json) -> IGPT folder (model + IGPTImageProcessor)."""
     from image_processing import IGPTImageProcessor
 
     source_dir, target_dir = Path(source_dir), Path(target_dir)
+    check_target(source_dir, target_dir, overwrite)
     processor = _load_clusters(source_dir)
     source_class, target_class = CLASS_PAIRS[_architecture(source_dir)]
     source = source_class.from_pretrained(source_dir, attn_implementation="eager").eval()
     target = target_class(imagegpt_to_igpt_config(source.config)).eval()
+    _check_fits(target.config, processor, source_dir)
     copy_weights(source, target)
     check_same_outputs(source, target)
-    clusters = processor["clusters"]
-    if len(clusters) != target.config.vocab_size - 1:
-        raise ValueError(
-            f"The palette has {len(clusters)} clusters but the model's vocabulary expects {target.config.vocab_size - 1}"
-        )
     target.save_pretrained(target_dir)
     # from_dict keeps ImageGPT's preprocessing (a stretch to `size`, no centre crop): same image, same tokens.
     IGPTImageProcessor.from_dict(processor).save_pretrained(target_dir)
     return target
 
 
-def convert_igpt_to_imagegpt(source_dir: str | os.PathLike, target_dir: str | os.PathLike):
+def convert_igpt_to_imagegpt(source_dir: str | os.PathLike, target_dir: str | os.PathLike, overwrite: bool = False):
     """IGPT folder -> ImageGPT folder (model + transformers' ImageGPTImageProcessor with the same palette)."""
     source_dir, target_dir = Path(source_dir), Path(target_dir)
+    check_target(source_dir, target_dir, overwrite)
     processor = _load_clusters(source_dir)
     target_class, source_class = CLASS_PAIRS[_architecture(source_dir)]
     source = source_class.from_pretrained(source_dir).eval()
+    _check_fits(source.config, processor, source_dir)
     target = target_class(igpt_to_imagegpt_config(source.config)).eval()
     copy_weights(source, target)
     check_same_outputs(source, target)
@@ -152,9 +182,12 @@ def main(argv: list[str] | None = None):
     parser.add_argument("source", help="folder with config.json, weights and preprocessor_config.json")
     parser.add_argument("target", help="output folder")
     parser.add_argument("--reverse", action="store_true", help="convert IGPT -> transformers ImageGPT")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty target, or into the source folder itself"
+    )
     args = parser.parse_args(argv)
     convert = convert_igpt_to_imagegpt if args.reverse else convert_imagegpt_to_igpt
-    model = convert(args.source, args.target)
+    model = convert(args.source, args.target, overwrite=args.overwrite)
     print(f"Wrote {type(model).__name__} ({model.num_parameters():,} parameters, outputs checked) to {args.target}")
 
 

@@ -18,6 +18,7 @@ from transformers import (
 from image_processing import IGPTImageProcessor
 from modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification
 from modeling_igpt.convert_imagegpt import check_same_outputs, copy_weights, imagegpt_to_igpt_config
+from modeling_igpt.convert_imagegpt import main as convert_main
 
 
 CLUSTERS, SIDE = 8, 6
@@ -75,8 +76,44 @@ def test_palette_and_vocabulary_must_agree(tmp_path):
         [sys.executable, "-m", "modeling_igpt.convert_imagegpt", str(tmp_path / "imagegpt"), str(tmp_path / "out")],
         capture_output=True, text=True,
     )
-    assert result.returncode != 0 and "palette has 10 clusters" in result.stderr
+    assert result.returncode != 0 and "vocab_size=9 (8 colours + 1 start token) but the tokenizer has 10 colours" in result.stderr
+    assert str(tmp_path / "imagegpt" / "preprocessor_config.json") in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_processor_size_and_positions_must_agree(tmp_path):
+    imagegpt_folder(tmp_path / "imagegpt", ImageGPTForCausalImageModeling)  # 6 x 6 = 36 positions
+    palette = np.random.default_rng(0).uniform(-1, 1, (CLUSTERS, 3))
+    ImageGPTImageProcessorPil(clusters=palette, size={"height": 4, "width": 4}).save_pretrained(tmp_path / "imagegpt")
+    with pytest.raises(ValueError, match="max_position_embeddings=36 but the tokenizer makes 4x4 images = 16 tokens"):
+        convert_main([str(tmp_path / "imagegpt"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_empty_target_or_the_source_itself_is_refused_unless_overwrite(tmp_path):
+    imagegpt_folder(tmp_path / "imagegpt", ImageGPTForCausalImageModeling)
+    source_config = (tmp_path / "imagegpt" / "config.json").read_bytes()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"busy is not empty \(notes.txt"):
+        convert_main([str(tmp_path / "imagegpt"), str(busy)])
+    assert sorted(path.name for path in busy.iterdir()) == ["notes.txt"]
+    with pytest.raises(FileExistsError, match="is the source folder"):
+        convert_main([str(tmp_path / "imagegpt"), str(tmp_path / "imagegpt" / ".." / "imagegpt")])
+    assert (tmp_path / "imagegpt" / "config.json").read_bytes() == source_config
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match="is a file"):
+        convert_main([str(tmp_path / "imagegpt"), str(tmp_path / "file"), "--overwrite"])
+
+    convert_main([str(tmp_path / "imagegpt"), str(busy), "--overwrite"])  # asked for: written next to notes.txt
+    assert (busy / "notes.txt").read_text() == "keep me"
+    assert IGPTForCausalImageModeling.from_pretrained(busy).config.vocab_size == CLUSTERS + 1
+    convert_main([str(busy), str(tmp_path / "empty"), "--reverse"])  # a new folder needs no flag
+    (tmp_path / "empty2").mkdir()
+    convert_main([str(busy), str(tmp_path / "empty2"), "--reverse"])  # nor does an empty one
+    with pytest.raises(FileExistsError, match="is the source folder"):
+        convert_main([str(busy), str(busy), "--reverse"])
 
 
 def test_conversion_check_catches_different_outputs():
