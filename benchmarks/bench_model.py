@@ -196,10 +196,10 @@ def bench_features(shape: Shape, reference, ours, device: str, plan: Plan, compi
 
     jobs = {
         "imagegpt": job(lambda ids: reference.transformer(ids, use_cache=False).last_hidden_state.mean(dim=1)),
-        "igpt": job(ours.transformer.get_image_features),
+        "igpt": job(ours.transformer.get_probe_features),
     }
     if compile_ours:
-        jobs["igpt_compiled"] = job(torch.compile(ours.transformer.get_image_features, fullgraph=True))
+        jobs["igpt_compiled"] = job(torch.compile(ours.transformer.get_probe_features, fullgraph=True))
     return alternate(jobs, tokens.numel(), plan.rounds, plan.feature_calls, device)
 
 

@@ -92,7 +92,7 @@ def extract_features(model, tokenizer, dataset, image_column, layers, batch_size
         mask = None
         if model.config.objective == "bert":
             mask = random_bert_mask(input_ids.shape, model.config.mask_probability, "cpu", generator).to(model.device)
-        features = model.get_image_features(input_ids.to(model.device), layers=layers, concat=False, bool_masked_pos=mask)
+        features = model.get_probe_features(input_ids.to(model.device), layers=layers, concat=False, bool_masked_pos=mask)
         chunks.append(features.float().cpu().numpy())  # (B, k, d)
     return np.concatenate(chunks)
 

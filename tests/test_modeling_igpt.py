@@ -234,20 +234,20 @@ def test_probe_features_are_mean_of_normed_hidden_states():
     tokens = pixels()
     with torch.no_grad():
         states = model(tokens, output_hidden_states=True).hidden_states
-        features = model.get_image_features(tokens, layers=[1, 3], concat=False)
-        middle = model.get_image_features(tokens, layers=1)
+        features = model.get_probe_features(tokens, layers=[1, 3], concat=False)
+        middle = model.get_probe_features(tokens, layers=1)
     expected_1 = model.h[1].ln_1(states[1]).mean(1)
     assert torch.allclose(features[:, 0], expected_1, atol=1e-6)
     assert torch.allclose(features[:, 1], states[3].mean(1), atol=1e-6)  # n^L = ln_f(h^L)
     assert torch.allclose(middle, expected_1, atol=1e-6)
-    assert model.get_image_features(tokens, layers=[0, 1, 2]).shape == (2, 96)
+    assert model.get_probe_features(tokens, layers=[0, 1, 2]).shape == (2, 96)
 
 
 def test_classifier_pools_the_configured_layer_and_joint_loss_adds_generation():
     config = tiny_config(num_labels=3, classifier_pooled_layer=2, generative_loss_weight=0.0)
     model = randomize(IGPTForImageClassification(config))
     tokens, labels = with_start(pixels()), torch.tensor([0, 2])
-    features = model.transformer.get_image_features(tokens, layers=2)
+    features = model.transformer.get_probe_features(tokens, layers=2)
     output = model(tokens, labels=labels)
     assert torch.allclose(output.logits, model.score(features), atol=1e-6)
     clf_only = output.loss
@@ -358,7 +358,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="out of range"):  # the start token is never a target
         model(torch.tensor([[START, 1]]), labels=torch.tensor([[START, START]]))
     with pytest.raises(ValueError, match="does not exist"):
-        model.transformer.get_image_features(torch.zeros(1, 4, dtype=torch.long), layers=7)
+        model.transformer.get_probe_features(torch.zeros(1, 4, dtype=torch.long), layers=7)
     with pytest.raises(ValueError, match="classifier_pooled_layer"):
         tiny_config(classifier_pooled_layer=4)
     with pytest.raises(ValueError, match="divisible"):
