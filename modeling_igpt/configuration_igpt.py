@@ -46,6 +46,8 @@ class IGPTConfig(PreTrainedConfig):
         classifier_pooled_layer: which hidden state `f^l` the classification head pools, `0 .. L` (0 = embeddings,
             L = final normed output); negative values count from the end. `-1` is the paper's fine-tuning setting.
         generative_loss_weight: weight of `L_gen` in the fine-tuning loss `L_clf + w * L_gen` (paper: 1; 0 disables).
+        bos_token_id: the start token, `vocab_size - 1` when `None`. eos_token_id, pad_token_id: `None` (images have
+            neither); declared because `generate()` reads them.
     """
 
     model_type = "igpt"
@@ -72,6 +74,8 @@ class IGPTConfig(PreTrainedConfig):
         use_cache: bool = True,
         tie_word_embeddings: bool = False,
         bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -93,9 +97,13 @@ class IGPTConfig(PreTrainedConfig):
         self.use_cache = use_cache
         # The start-of-sequence token is the last id; `generate()` starts from it when given no prompt.
         bos_token_id = vocab_size - 1 if bos_token_id is None else bos_token_id
+        # Images have no end and no padding token: None, declared as every v5 config does (generate() reads them).
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        self.tie_word_embeddings = tie_word_embeddings
+        self._check()  # before the parent's __init__, which reads properties such as head_dim
         super().__init__(tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id, **kwargs)
-        self._check()
 
     @property
     def custom_pipelines(self) -> dict:
@@ -138,6 +146,10 @@ class IGPTConfig(PreTrainedConfig):
         for name in ("max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.intermediate_size < 1:
+            problems.append(f"intermediate_size must be positive, got {self.intermediate_size}")
+        if not self.layer_norm_eps > 0:  # eps <= 0 divides by zero on an all-zero input: NaN outputs
+            problems.append(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         if self.num_attention_heads >= 1 and self.hidden_size % self.num_attention_heads:
             problems.append(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"

@@ -197,6 +197,14 @@ class IGPTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
 
+    def resize_token_embeddings(self, *args, **kwargs):
+        """Not supported: the ids are fixed by the tokenizer (clusters, then the start token as the last id) and the heads
+        predict clusters only; transformers' resizing would move the start token and add a head class for it."""
+        raise ValueError(
+            "IGPT does not resize its token embeddings: ids 0..vocab_size-2 are the palette's clusters (or VQ-VAE codes) "
+            "and vocab_size-1 is the start token. For another palette, build a model with vocab_size = clusters + 1."
+        )
+
     def _init_weights(self, module: nn.Module):
         """GPT-2 init (N(0, 0.02)), residual projections scaled by 1/sqrt(2L), token and class logits zero (paper A.1)."""
         super()._init_weights(module)
