@@ -6,10 +6,13 @@ For every layer l (or a chosen set) the features are f^l = mean_i norm(h^l_i); a
 from train, and its test accuracy reported. Then:
 
 - the k layers centred on the best one are concatenated and probed again (Section 4.5);
-- optionally, the low-data setting: n labels per class, 5 random subsets, mean +- std of test accuracy (Table 4).
+- optionally, the low-data setting: n labels per class, 5 random subsets, mean +- std of test accuracy (Table 4);
+- optionally (--baselines raw_pixels,random_init), the numbers every probe must be read against: the same logistic
+  regression on the raw pixels of the same resized images, and the same probe on an untrained model of the same
+  configuration and palette (each with the same label subsets in the low-data setting).
 
 BERT models are probed with masked inputs, as they were trained. Writes `probe_results.json` and `probe_accuracy.png`
-(accuracy against depth, the paper's Figure 2) into --output_dir.
+(accuracy against depth, the paper's Figure 2, with the baselines drawn) into --output_dir.
 
     python examples/run_linear_probe.py --model_name_or_path igpt-s-cifar10 --dataset_name uoft-cs/cifar10 \\
         --output_dir igpt-s-cifar10/probe --low_data_labels_per_class 4,25,400
@@ -18,6 +21,7 @@ BERT models are probed with masked inputs, as they were trained. Writes `probe_r
 import json
 import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -41,6 +45,9 @@ from modeling_igpt.modeling_igpt import random_bert_mask  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
+BASELINES = ("raw_pixels", "random_init")
+SPLITS = ("train", "validation", "test")
+
 
 @dataclass
 class ProbeArguments:
@@ -58,6 +65,13 @@ class ProbeArguments:
         default=None, metadata={"help": "Low-data probes with these many labels per class, e.g. '4,25,400'."}
     )
     low_data_subsets: int = field(default=5, metadata={"help": "Random subsets per low-data size (paper: 5)."})
+    baselines: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Baselines probed the same way, comma-separated from {BASELINES}: 'raw_pixels' (logistic regression "
+            "on the processor's resized pixels) and 'random_init' (an untrained model of the same configuration)."
+        },
+    )
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass when extracting features."})
     seed: int = field(default=0, metadata={"help": "Seeds the splits, the BERT masks and the low-data subsets."})
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
@@ -69,6 +83,10 @@ class ProbeArguments:
         self.low_data_sizes = [int(n) for n in self.low_data_labels_per_class.split(",")] if self.low_data_labels_per_class else []
         if any(n < 1 for n in self.low_data_sizes):
             raise ValueError(f"--low_data_labels_per_class must be positive, got {self.low_data_labels_per_class!r}")
+        self.baseline_names = [name.strip() for name in self.baselines.split(",")] if self.baselines else []
+        unknown = [name for name in self.baseline_names if name not in BASELINES]
+        if unknown:
+            raise ValueError(f"--baselines: unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
 
 
 def parse_layers(spec: str, depth: int) -> list[int]:
@@ -94,6 +112,16 @@ def extract_features(model, tokenizer, dataset, image_column, layers, batch_size
             mask = random_bert_mask(input_ids.shape, model.config.mask_probability, "cpu", generator).to(model.device)
         features = model.get_probe_features(input_ids.to(model.device), layers=layers, concat=False, bool_masked_pos=mask)
         chunks.append(features.float().cpu().numpy())  # (B, k, d)
+    return np.concatenate(chunks)
+
+
+def extract_pixels(tokenizer, dataset, image_column, batch_size) -> np.ndarray:
+    """The raw-pixel baseline's inputs: the processor's resized RGB pixels, unquantized, flattened: (N, 3*H*W)."""
+    chunks = []
+    for start in range(0, len(dataset), batch_size):
+        images = dataset[start : start + batch_size][image_column]
+        pixel_values = tokenizer.processor(images, do_color_quantize=False, return_tensors="np")["pixel_values"]
+        chunks.append(pixel_values.reshape(len(pixel_values), -1).astype(np.float32))  # (B, 3*H*W)
     return np.concatenate(chunks)
 
 
@@ -124,6 +152,11 @@ def plot_accuracy(results: dict, path: str):
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.plot(layers, [entry["test_accuracy"] for entry in results["layers"]], "o-", label="test")
     axes.plot(layers, [entry["validation_accuracy"] for entry in results["layers"]], "s--", alpha=0.6, label="validation")
+    if "random_init_layers" in results:
+        random_init = [entry["test_accuracy"] for entry in results["random_init_layers"]]
+        axes.plot(layers, random_init, "^-", color="tab:purple", alpha=0.8, label="random init (test)")
+    if "raw_pixels_test_accuracy" in results:
+        axes.axhline(results["raw_pixels_test_accuracy"], color="tab:green", linestyle="-.", label="raw pixels (test)")
     axes.axhline(results["chance_accuracy"], color="grey", linestyle=":", label="chance")
     axes.axvline(results["best_layer"], color="tab:red", alpha=0.3, label=f"best layer ({results['best_layer']})")
     axes.set_xticks(layers)
@@ -131,7 +164,7 @@ def plot_accuracy(results: dict, path: str):
     axes.set_ylabel("linear probe accuracy")
     axes.set_title(f"Linear probes on f^l ({results['objective']}, {results['num_train']} training images)")
     axes.set_ylim(0, 1)
-    axes.legend()
+    axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -152,24 +185,42 @@ def main(argv: list[str] | None = None) -> dict:
     layers = parse_layers(probe_args.layers, model.config.num_hidden_layers)
     splits = load_image_splits(data_args, seed=probe_args.seed, with_labels=True, with_test=True)
 
-    features, labels = {}, {}
-    for name in ("train", "validation", "test"):
-        dataset = splits.splits[name]
-        logger.info("Extracting features of %d %s images at layers %s", len(dataset), name, layers)
-        features[name] = extract_features(
-            model, tokenizer, dataset, splits.image_column, layers, probe_args.batch_size, probe_args.seed, progress
-        )  # (N, k, d)
-        labels[name] = np.asarray(dataset[splits.label_column])
+    started = time.time()
+    labels = {name: np.asarray(splits.splits[name][splits.label_column]) for name in SPLITS}
 
-    def probe(columns: list[int], train_rows=slice(None)) -> dict:
-        train_x = features["train"][train_rows][:, columns].reshape(len(labels["train"][train_rows]), -1)
+    def extract_all(trunk) -> dict[str, np.ndarray]:
+        """f^l of every split's images under `trunk`: {split: (N, k, d)}."""
+        features = {}
+        for name in SPLITS:
+            dataset = splits.splits[name]
+            logger.info("Extracting features of %d %s images at layers %s", len(dataset), name, layers)
+            features[name] = extract_features(
+                trunk, tokenizer, dataset, splits.image_column, layers, probe_args.batch_size, probe_args.seed, progress
+            )  # (N, k, d)
+        return features
+
+    features = extract_all(model)
+
+    def probe(columns: list[int], train_rows=slice(None), inputs: dict | None = None) -> dict:
+        """Fit on train (or its `train_rows`), choose C on validation, score test; `inputs` defaults to the features."""
+        inputs = features if inputs is None else inputs
+
+        def design(name: str, rows=slice(None)) -> np.ndarray:
+            return inputs[name][rows][:, columns].reshape(len(labels[name][rows]), -1)  # (n, len(columns) * d)
+
         fitted, strength, validation_accuracy = fit_probe(
-            train_x, labels["train"][train_rows],
-            features["validation"][:, columns].reshape(len(labels["validation"]), -1), labels["validation"],
+            design("train", train_rows), labels["train"][train_rows], design("validation"), labels["validation"],
             probe_args.regularization_values, probe_args.max_iter,
         )
-        test_x = features["test"][:, columns].reshape(len(labels["test"]), -1)
-        return {"C": strength, "validation_accuracy": validation_accuracy, "test_accuracy": fitted.score(test_x, labels["test"])}
+        return {"C": strength, "validation_accuracy": validation_accuracy, "test_accuracy": fitted.score(design("test"), labels["test"])}
+
+    def probe_every_layer(inputs: dict, what: str) -> tuple[list[dict], int]:
+        """One probe per layer; returns the entries and the column of the best layer on validation."""
+        entries = []
+        for column, layer in enumerate(tqdm(layers, desc=f"probing layers ({what})", disable=not progress)):
+            entries.append({"layer": layer, **probe([column], inputs=inputs)})
+            logger.info("%s layer %d: %s", what, layer, entries[-1])
+        return entries, max(range(len(layers)), key=lambda column: entries[column]["validation_accuracy"])
 
     results = {
         "model": probe_args.model_name_or_path,
@@ -179,15 +230,12 @@ def main(argv: list[str] | None = None) -> dict:
         "num_test": len(labels["test"]),
         "num_classes": len(splits.label_names),
         "chance_accuracy": 1 / len(splits.label_names),
-        "layers": [],
     }
-    for column, layer in enumerate(tqdm(layers, desc="probing layers", disable=not progress)):
-        results["layers"].append({"layer": layer, **probe([column])})
-        logger.info("layer %d: %s", layer, results["layers"][-1])
-    best = max(range(len(layers)), key=lambda column: results["layers"][column]["validation_accuracy"])
+    results["layers"], best = probe_every_layer(features, "pretrained")
     results["best_layer"] = layers[best]
     results["best_layer_validation_accuracy"] = results["layers"][best]["validation_accuracy"]
     results["best_layer_test_accuracy"] = results["layers"][best]["test_accuracy"]
+    results["seconds"] = {"probe": round(time.time() - started, 1)}
 
     if probe_args.concat_layers > 1:
         low = max(0, min(best - probe_args.concat_layers // 2, len(layers) - probe_args.concat_layers))
@@ -197,17 +245,43 @@ def main(argv: list[str] | None = None) -> dict:
         results["concat_validation_accuracy"] = concat["validation_accuracy"]
         results["concat_test_accuracy"] = concat["test_accuracy"]
 
+    pixels = None
+    if "raw_pixels" in probe_args.baseline_names:
+        baseline_started = time.time()
+        pixels = {  # (N, 1, 3*H*W): one "layer" of raw pixels
+            name: extract_pixels(tokenizer, splits.splits[name], splits.image_column, probe_args.batch_size)[:, None]
+            for name in SPLITS
+        }
+        raw = probe([0], inputs=pixels)
+        results["raw_pixels"] = {"num_features": pixels["train"].shape[-1], **raw}
+        results["raw_pixels_test_accuracy"] = raw["test_accuracy"]
+        results["seconds"]["raw_pixels"] = round(time.time() - baseline_started, 1)
+        logger.info("raw pixels: %s", results["raw_pixels"])
+    if "random_init" in probe_args.baseline_names:
+        baseline_started = time.time()
+        set_seed(probe_args.seed)  # the same seed policy as a new model in run_pretraining.py
+        untrained = type(model)(model.config).to(device).eval()  # same configuration, shape and palette; no training
+        entries, random_best = probe_every_layer(extract_all(untrained), "random init")
+        results["random_init_layers"] = entries
+        results["random_init_test_accuracy_by_layer"] = {str(entry["layer"]): entry["test_accuracy"] for entry in entries}
+        results["random_init_best_layer"] = layers[random_best]
+        results["random_init_best_test_accuracy"] = entries[random_best]["test_accuracy"]
+        results["seconds"]["random_init"] = round(time.time() - baseline_started, 1)
+        del untrained
+
     results["low_data"] = []
     rng = np.random.default_rng(probe_args.seed)
     for per_class in probe_args.low_data_sizes:
-        accuracies = [
-            probe([best], low_data_subset(labels["train"], per_class, rng))["test_accuracy"]
-            for _ in range(probe_args.low_data_subsets)
-        ]
-        results["low_data"].append(
-            {"labels_per_class": per_class, "test_accuracies": accuracies, "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies))}
-        )
+        subsets = [low_data_subset(labels["train"], per_class, rng) for _ in range(probe_args.low_data_subsets)]
+        accuracies = [probe([best], rows)["test_accuracy"] for rows in subsets]
+        entry = {"labels_per_class": per_class, "test_accuracies": accuracies, "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies))}
+        if pixels is not None:  # the same label subsets
+            raw_accuracies = [probe([0], rows, inputs=pixels)["test_accuracy"] for rows in subsets]
+            entry["raw_pixels_test_accuracies"] = raw_accuracies
+            entry["raw_pixels_mean"], entry["raw_pixels_std"] = float(np.mean(raw_accuracies)), float(np.std(raw_accuracies))
+        results["low_data"].append(entry)
         logger.info("%d labels per class: %.4f +- %.4f", per_class, np.mean(accuracies), np.std(accuracies))
+    results["wall_time_seconds"] = round(time.time() - started, 1)
 
     os.makedirs(probe_args.output_dir, exist_ok=True)
     with open(os.path.join(probe_args.output_dir, "probe_results.json"), "w") as file:
