@@ -65,6 +65,13 @@ class DataArguments:
         default=None, metadata={"help": "Keep only this many validation (and test) images."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub datasets are cached."})
+    skip_bad_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop images that cannot be decoded (counted and logged) instead of stopping. Every image is "
+            "decoded once when the data is loaded, so a bad one fails the run before training, naming split and row."
+        },
+    )
 
     @property
     def has_source(self) -> bool:
@@ -91,6 +98,12 @@ class ImageSplits:
     image_column: str
     label_column: str | None = None
     label_names: list[str] | None = None
+    skipped_images: dict[str, int] = field(default_factory=dict)  # split -> rows dropped by --skip_bad_images
+
+    @property
+    def skipped_metrics(self) -> dict[str, int]:
+        """For train_results.json: `skipped_bad_images_<split>` for each split loaded (0 when none were bad)."""
+        return {f"skipped_bad_images_{name}": count for name, count in self.skipped_images.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -134,21 +147,32 @@ def load_raw(data_args: DataArguments) -> datasets.DatasetDict:
     )
 
 
+SCALAR_FEATURES = (datasets.Value, datasets.ClassLabel)
+
+
 def find_column(dataset: datasets.Dataset, wanted: str | None, defaults: tuple[str, ...], kind, what: str) -> str:
-    """The named column, else the first default name present, else the first column of feature type `kind`."""
+    """The named column, else the first default name present, else the first column of feature type `kind`; an image
+    column must hold images or arrays (not numbers or strings), a label column scalars (not images)."""
     columns = dataset.column_names
+    flag = "--image_column_name" if what == "image" else "--label_column_name"
     if wanted is not None:
         if wanted not in columns:
             raise ValueError(f"There is no {what} column {wanted!r}: the dataset has columns {columns}.")
-        return wanted
-    for name in defaults:
-        if name in columns:
-            return name
-    for name, feature in dataset.features.items():
-        if isinstance(feature, kind):
-            return name
-    flag = "--image_column_name" if what == "image" else "--label_column_name"
-    raise ValueError(f"Found no {what} column (tried {list(defaults)}): the dataset has columns {columns}; pass {flag}.")
+        name = wanted
+    else:
+        name = next((name for name in defaults if name in columns), None)
+        name = name or next((name for name, feature in dataset.features.items() if isinstance(feature, kind)), None)
+        if name is None:
+            raise ValueError(f"Found no {what} column (tried {list(defaults)}): the dataset has columns {columns}; pass {flag}.")
+    feature = dataset.features[name]
+    if (what == "image") == isinstance(feature, SCALAR_FEATURES):
+        kinds = {column: type(feature).__name__ for column, feature in dataset.features.items()}
+        holds = "single values" if what == "image" else "images or arrays"
+        raise ValueError(
+            f"Column {name!r} holds {holds} ({type(feature).__name__}), not {what}s: pass {flag} with the {what} "
+            f"column (the dataset's columns and their types: {kinds})."
+        )
+    return name
 
 
 def load_image_splits(
@@ -169,6 +193,7 @@ def load_image_splits(
         raise ValueError(f"The dataset has no 'train' split, only {list(splits)}.")
     train = splits["train"]
     image_column = find_column(train, data_args.image_column_name, IMAGE_COLUMNS, datasets.Image, "image")
+    splits, skipped = check_images(splits, image_column, data_args.skip_bad_images)  # rows as in the files
     label_column = label_names = None
     if with_labels:
         label_column = find_column(train, data_args.label_column_name, LABEL_COLUMNS, datasets.ClassLabel, "label")
@@ -195,26 +220,73 @@ def load_image_splits(
                 splits[name] = splits[name].select(range(min(data_args.max_eval_samples, len(splits[name]))))
     keep = [image_column] + ([label_column] if label_column else [])
     splits = datasets.DatasetDict({name: split.select_columns(keep) for name, split in splits.items()})
-    return ImageSplits(splits, image_column, label_column, label_names)
+    return ImageSplits(splits, image_column, label_column, label_names, skipped)
+
+
+def check_images(
+    splits: datasets.DatasetDict, column: str, skip: bool, batch_size: int = 256
+) -> tuple[datasets.DatasetDict, dict[str, int]]:
+    """Decode every image of an `Image` column once, so that a corrupt one stops the run here, naming its split and
+    row, rather than mid-training; with `skip`, drop such rows instead (counted per split, logged)."""
+    if not isinstance(splits["train"].features[column], datasets.Image):
+        return splits, {}  # arrays: nothing to decode
+    decoder = datasets.Image()
+    checked, skipped = {}, {}
+    for name, split in splits.items():
+        undecoded = split.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+        bad = []  # (row, error)
+        for start, batch in zip(range(0, len(split), batch_size), undecoded.iter(batch_size=batch_size)):
+            for offset, item in enumerate(batch[column]):
+                try:
+                    decoder.decode_example(item).load()
+                except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+                    bad.append((start + offset, f"{type(error).__name__}: {error}"))
+        if bad and not skip:
+            rows = ", ".join(str(row) for row, _ in bad[:5])
+            raise ValueError(
+                f"{len(bad)} of {len(split)} images in the {name} split cannot be decoded (rows {rows}); row "
+                f"{bad[0][0]}: {bad[0][1]}. Pass --skip_bad_images to train without them."
+            )
+        if bad:
+            logger.warning("Skipping %d undecodable images in the %s split (rows %s)", len(bad), name, [row for row, _ in bad[:20]])
+            bad_rows = {row for row, _ in bad}
+            split = split.select([row for row in range(len(split)) if row not in bad_rows])
+        checked[name], skipped[name] = split, len(bad)
+    return datasets.DatasetDict(checked), skipped
 
 
 def encode_labels(splits: datasets.DatasetDict, column: str) -> tuple[datasets.DatasetDict, list[str]]:
     """Class names and integer labels 0..C-1 in every split (string or integer labels become a shared ClassLabel)."""
+    for name, split in splits.items():
+        missing = [row for row, value in enumerate(split[column]) if value is None]
+        if missing:
+            raise ValueError(f"{len(missing)} {name} rows have no label in column {column!r} (rows {missing[:5]}...).")
     feature = splits["train"].features[column]
     if isinstance(feature, datasets.ClassLabel):
-        return splits, list(feature.names)
-    values = sorted({value for split in splits.values() for value in split[column]})
-    if all(isinstance(value, int) for value in values):
-        names = [str(index) for index in range(values[-1] + 1)]
-        if values[0] < 0:
-            raise ValueError(f"Integer labels must be class indices >= 0, got {values[0]} in column {column!r}.")
+        names = list(feature.names)
     else:
-        names = [str(value) for value in values]
-        splits = datasets.DatasetDict(
-            {name: split.cast_column(column, datasets.Value("string")) for name, split in splits.items()}
-        )
-    label_feature = datasets.ClassLabel(names=names)
-    return datasets.DatasetDict({name: split.cast_column(column, label_feature) for name, split in splits.items()}), names
+        values = sorted({value for split in splits.values() for value in split[column]})
+        if all(isinstance(value, int) for value in values):
+            names = [str(index) for index in range(max(values[-1], 0) + 1)]
+        else:
+            names = [str(value) for value in values]
+            splits = datasets.DatasetDict(
+                {name: split.cast_column(column, datasets.Value("string")) for name, split in splits.items()}
+            )
+        label_feature = datasets.ClassLabel(names=names)
+        splits = datasets.DatasetDict({name: split.cast_column(column, label_feature) for name, split in splits.items()})
+    for name, split in splits.items():
+        labels = np.asarray(split[column])  # (rows,)
+        bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
+        if len(bad):
+            raise ValueError(
+                f"{len(bad)} of {len(labels)} {name} rows have labels outside the classes 0..{len(names) - 1} in column "
+                f"{column!r} (rows {bad[:5].tolist()}, labels {labels[bad[:5]].tolist()}); datasets writes -1 for "
+                "'no label' (often a test split without labels): drop those rows or give labelled files."
+            )
+    if len(names) < 2:
+        raise ValueError(f"Column {column!r} has {len(names)} class ({names}): a classifier needs at least two.")
+    return splits, names
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from data import ClassificationCollator, DataArguments, ImageTokenizer, load_ima
 from modeling_igpt import IGPTForImageClassification
 from training import (
     FiniteTrainer,
+    check_local_folder,
     paper_optimiser_defaults,
     parse_arguments,
     publish_or_card,
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     setup_logging(training_args)
     set_seed(training_args.seed)
+    check_local_folder(model_args.model_name_or_path, "--model_name_or_path")
+    if model_args.generative_loss_weight < 0:
+        raise ValueError(f"--generative_loss_weight must be >= 0 (paper: 1), got {model_args.generative_loss_weight}")
     checkpoint = resolve_checkpoint(training_args)
 
     splits = load_image_splits(data_args, seed=training_args.seed, with_labels=True, with_test=True)
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         num_masks=model_args.num_masks,
     )
 
-    metrics = train_and_evaluate(trainer, checkpoint, tokenizer)
+    metrics = train_and_evaluate(trainer, checkpoint, tokenizer, splits.skipped_metrics)
     test_metrics = trainer.predict(test_dataset, metric_key_prefix="test").metrics
     trainer.log_metrics("test", test_metrics)
     trainer.save_metrics("test", test_metrics)

@@ -26,6 +26,7 @@ from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedI
 from modeling_igpt.configuration_igpt import OBJECTIVES
 from training import (
     BitsPerDimTrainer,
+    check_local_folder,
     paper_optimiser_defaults,
     parse_arguments,
     publish_or_card,
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     setup_logging(training_args)
     set_seed(training_args.seed)
+    for flag in ("model_name_or_path", "image_processor_name", "vqvae_model"):
+        check_local_folder(getattr(model_args, flag), f"--{flag}")
     checkpoint = resolve_checkpoint(training_args)
 
     splits = load_image_splits(data_args, seed=training_args.seed)
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer.processor,
     )
 
-    metrics = train_and_evaluate(trainer, checkpoint, tokenizer)
+    metrics = train_and_evaluate(trainer, checkpoint, tokenizer, splits.skipped_metrics)
 
     if model_args.model_name_or_path is None:  # the card then says "trained from scratch", not "fine-tuned from []"
         model.config._name_or_path = training_args.output_dir

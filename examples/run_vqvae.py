@@ -33,10 +33,10 @@ import torch
 import transformers
 from PIL import Image
 from sklearn.datasets import load_sample_images
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from data import DataArguments, load_image_splits
-from training import FiniteTrainer, resolve_checkpoint
+from training import FiniteTrainer, check_local_folder, parse_arguments, resolve_checkpoint
 from image_processing import IGPTImageProcessor, make_image_grid
 from modeling_igpt.configuration_vqvae import IGPTVQVAEConfig
 from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
@@ -232,9 +232,10 @@ def parse_config_overrides(overrides: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, BundledDataArguments, TrainingArguments))
-    parser.set_defaults(**vqvae_defaults())
-    model_args, data_args, bundled, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, bundled, training_args = parse_arguments(
+        (ModelArguments, DataArguments, BundledDataArguments, TrainingArguments), vqvae_defaults(), argv
+    )
+    check_local_folder(model_args.model_name_or_path, "--model_name_or_path")
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.WARNING)
     logger.setLevel(training_args.get_process_log_level())

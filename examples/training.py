@@ -7,6 +7,7 @@ import os
 import re
 import sys
 
+import huggingface_hub
 import torch
 import transformers
 from transformers import HfArgumentParser, Trainer
@@ -45,7 +46,26 @@ def parse_arguments(dataclass_types, defaults: dict, argv: list[str] | None = No
     if len(argv) == 1 and argv[0].endswith(".json"):
         with open(argv[0]) as file:
             argv = [item for key, value in json.load(file).items() for item in (f"--{key}", str(value))]
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    for arguments in parsed:
+        output_dir = getattr(arguments, "output_dir", None)
+        if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+            raise ValueError(f"--output_dir {output_dir} is a file: give a folder (it is created if missing).")
+    return parsed
+
+
+def check_local_folder(path: str | None, flag: str) -> None:
+    """A path given for a model or processor must be a folder; a missing one is named, rather than looked up on the
+    Hub (which says "couldn't connect to huggingface.co" offline or "Repo id must be in the form ..."). Only an
+    `owner/name`-like id that is not a local folder goes to the Hub, and only when the Hub is not switched off."""
+    if path is None or os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise ValueError(f"{flag} {path} is a file: give the folder that holds config.json / preprocessor_config.json.")
+    looks_local = path.startswith((".", "/", "~")) or os.sep != "/" and os.sep in path or path.count("/") > 1
+    if looks_local or huggingface_hub.constants.HF_HUB_OFFLINE:
+        offline = " (HF_HUB_OFFLINE is set, so the Hub is not tried)" if huggingface_hub.constants.HF_HUB_OFFLINE else ""
+        raise ValueError(f"{flag} {path}: no such folder{offline}.")
 
 
 def setup_logging(training_args):
@@ -167,8 +187,11 @@ def checkpoint_step(checkpoint: str | None) -> int:
         return json.load(file)["global_step"]
 
 
-def train_and_evaluate(trainer: Trainer, checkpoint: str | None, tokenizer) -> dict[str, float]:
-    """Train (or resume), save model and tokenizer, record train and validation metrics; return the latter."""
+def train_and_evaluate(
+    trainer: Trainer, checkpoint: str | None, tokenizer, data_metrics: dict | None = None
+) -> dict[str, float]:
+    """Train (or resume), save model and tokenizer, record train (plus `data_metrics`, e.g. skipped images) and
+    validation metrics; return the latter."""
     first_step = checkpoint_step(checkpoint)  # read now: checkpoint rotation may delete the folder while training
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
@@ -180,6 +203,7 @@ def train_and_evaluate(trainer: Trainer, checkpoint: str | None, tokenizer) -> d
         **train_result.metrics,
         "resumed_from_step": first_step,
         "train_steps_in_this_run": trainer.state.global_step - first_step,
+        **(data_metrics or {}),
     }
     trainer.log_metrics("train", train_metrics)
     trainer.save_metrics("train", train_metrics)

@@ -275,3 +275,155 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with pytest.raises(NonFiniteLossError, match="1 tensors, first lm_head.weight"):
         trainer.save_model(str(tmp_path / "model"))
     assert not (tmp_path / "model").exists()
+
+
+# --- 5 and 8. Bad data and bad arguments fail before training, naming the cause -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def parquet_files(tmp_path_factory) -> dict[str, Path]:
+    """Digits as parquet files: good; with 'no label' (-1) rows; with undecodable bytes at row 57; with a caption."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("parquet")
+    digits = load_digits()
+    images = [Image.fromarray(np.rint(image * 255 / 16).astype(np.uint8), mode="L") for image in digits.images[:200]]
+    labels = digits.target[:200].tolist()
+
+    def png(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+    encoded = [png(image) for image in images]
+    corrupt = encoded[:57] + [{"bytes": b"not an image", "path": None}] + encoded[58:]
+    unlabelled = [-1 if row % 7 == 3 else label for row, label in enumerate(labels)]
+    tables = {
+        "good": ({"image": encoded, "label": labels}, features),
+        "corrupt": ({"image": corrupt, "label": labels}, features),
+        "unlabelled": ({"image": encoded, "label": unlabelled}, features),
+        "caption": (
+            {"image": encoded, "label": labels, "caption": ["a digit"] * 200},
+            datasets.Features({**features, "caption": datasets.Value("string")}),
+        ),
+    }
+    paths = {}
+    for name, (columns, table_features) in tables.items():
+        paths[name] = folder / f"{name}.parquet"
+        datasets.Dataset.from_dict(columns, features=table_features).to_parquet(str(paths[name]))
+    (folder / "a_file").write_text("not a folder")
+    paths["file"] = folder / "a_file"
+    return paths
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    """The three Trainer scripts, in-process, with palette fitting and their Trainers replaced by tripwires."""
+    import run_image_classification
+    import run_pretraining
+    import run_vqvae
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("reached palette fitting or training despite bad input")
+
+    monkeypatch.setattr(run_pretraining, "fit_palette", tripwire)
+    monkeypatch.setattr(run_pretraining, "BitsPerDimTrainer", tripwire)
+    monkeypatch.setattr(run_image_classification, "MaskEnsembleTrainer", tripwire)
+    monkeypatch.setattr(run_vqvae, "VQVAETrainer", tripwire)
+    return {"pretraining": run_pretraining, "classification": run_image_classification, "vqvae": run_vqvae}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained 8-colour 8x8 autoregressive model with its processor."""
+    import numpy as np
+    from image_processing import IGPTImageProcessor
+    from modeling_igpt import IGPTForCausalImageModeling
+
+    folder = tmp_path_factory.mktemp("checkpoint")
+    clusters = np.linspace(-1, 1, 8)[:, None].repeat(3, axis=1)  # (8, 3) greys
+    IGPTImageProcessor(clusters=clusters, size={"height": 8, "width": 8}).save_pretrained(folder)
+    config = IGPTConfig(vocab_size=9, max_position_embeddings=64, num_hidden_layers=1, hidden_size=32, num_attention_heads=2)
+    IGPTForCausalImageModeling(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_corrupt_image_stops_the_run_at_loading_naming_split_and_row(scripts, parquet_files, tmp_path):
+    for script in ("pretraining", "vqvae"):
+        with pytest.raises(ValueError, match=r"1 of 200 images in the train split cannot be decoded \(rows 57\); row 57: "
+                                             r"UnidentifiedImageError.*--skip_bad_images"):  # fmt: skip
+            scripts[script].main(["--train_file", str(parquet_files["corrupt"]), "--output_dir", str(tmp_path)])
+
+
+def test_skip_bad_images_trains_without_them_and_reports_the_count(parquet_files, tmp_path):
+    import run_pretraining
+
+    run_pretraining.main([
+        "--train_file", str(parquet_files["corrupt"]), "--skip_bad_images", "true", *TINY_PRETRAINING, "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true",
+        "--output_dir", str(tmp_path),
+    ])  # fmt: skip
+    results = json.loads((tmp_path / "train_results.json").read_text())
+    assert results["skipped_bad_images_train"] == 1
+
+
+def test_unlabelled_rows_are_named_instead_of_an_index_error(scripts, parquet_files, checkpoint, tmp_path):
+    with pytest.raises(ValueError, match=r"29 of 200 train rows have labels outside the classes 0..9 in column 'label' "
+                                         r"\(rows \[3, 10, 17, 24, 31\], labels \[-1, -1, -1, -1, -1\]\)"):  # fmt: skip
+        scripts["classification"].main(["--train_file", str(parquet_files["unlabelled"]), "--model_name_or_path",
+                                         str(checkpoint), "--output_dir", str(tmp_path)])  # fmt: skip
+
+
+def test_columns_of_the_wrong_kind_are_refused(scripts, parquet_files, checkpoint, tmp_path):
+    classify = ["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path)]
+    with pytest.raises(ValueError, match=r"Column 'label' holds single values \(ClassLabel\), not images"):
+        scripts["classification"].main(["--train_file", str(parquet_files["good"]), "--image_column_name", "label", *classify])
+    with pytest.raises(ValueError, match=r"Column 'caption' holds single values \(Value\), not images"):
+        scripts["pretraining"].main(["--train_file", str(parquet_files["caption"]), "--image_column_name", "caption",
+                                     "--output_dir", str(tmp_path)])  # fmt: skip
+    with pytest.raises(ValueError, match=r"Column 'image' holds images or arrays \(Image\), not labels"):
+        scripts["classification"].main(["--train_file", str(parquet_files["good"]), "--label_column_name", "image", *classify])
+    with pytest.raises(ValueError, match=r"Column 'caption' has 1 class \(\['a digit'\]\): a classifier needs at least two"):
+        scripts["classification"].main(["--train_file", str(parquet_files["caption"]), "--label_column_name", "caption", *classify])
+
+
+def test_an_output_dir_that_is_a_file_is_refused(scripts, parquet_files, checkpoint):
+    output = ["--output_dir", str(parquet_files["file"])]
+    for script, arguments in [
+        ("pretraining", ["--dataset_name", "digits"]),
+        ("classification", ["--dataset_name", "digits", "--model_name_or_path", str(checkpoint)]),
+        ("vqvae", []),
+    ]:
+        with pytest.raises(ValueError, match=r"--output_dir .*a_file is a file: give a folder"):
+            scripts[script].main([*arguments, *output])
+
+
+def test_a_missing_local_model_folder_is_named(scripts, tmp_path, monkeypatch):
+    import huggingface_hub
+    from training import check_local_folder
+
+    missing = str(tmp_path / "no_such_model")
+    output = ["--output_dir", str(tmp_path / "out")]
+    for script, flag in [("pretraining", "--model_name_or_path"), ("pretraining", "--image_processor_name"),
+                         ("pretraining", "--vqvae_model"), ("classification", "--model_name_or_path"),
+                         ("vqvae", "--model_name_or_path")]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"{flag} {missing}: no such folder"):
+            scripts[script].main(["--dataset_name", "digits", flag, missing, *output])
+    # with the Hub switched on: local-looking paths are still named, `owner/name` ids go to the Hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for path in (missing, "./runs/model", "runs/2024/model"):
+        with pytest.raises(ValueError, match="no such folder.$"):
+            check_local_folder(path, "--model_name_or_path")
+    check_local_folder("openai/imagegpt-small", "--model_name_or_path")
+
+
+def test_a_negative_generative_loss_weight_is_refused(scripts, checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="--generative_loss_weight must be >= 0"):
+        scripts["classification"].main(["--dataset_name", "digits", "--model_name_or_path", str(checkpoint),
+                                         "--generative_loss_weight", "-1", "--output_dir", str(tmp_path)])  # fmt: skip
