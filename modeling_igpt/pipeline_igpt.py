@@ -42,6 +42,7 @@ class IGPTImageGenerationPipeline(Pipeline):
     _load_tokenizer = False
     _load_feature_extractor = False
     _load_processor = False
+    _load_video_processor = False  # else pipeline() probes for one and asks about the folder's remote code on a terminal
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -377,15 +377,23 @@ def test_offline_hub_ids_load_through_auto_classes_and_pipelines(published, tmp_
     assert f"offline OK {mode}" in result.stdout
 
 
-def test_generation_pipeline_from_a_published_folder_needs_no_trust_remote_code(published):
+def test_generation_pipeline_from_a_published_folder_needs_no_trust_remote_code(published, monkeypatch):
     """With the package imported, its registered class serves the task; the config still names the Hub code for
     Pythons without the package (test_offline_hub_ids_load_through_auto_classes_and_pipelines runs both)."""
     from transformers import pipeline
 
     from modeling_igpt.pipeline_igpt import TASK, IGPTImageGenerationPipeline
 
+    prompts = []
+
+    def no_terminal(question):  # transformers asks on a terminal before running a folder's code: it must not ask
+        prompts.append(question)
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", no_terminal)
     folder, _ = published["autoregressive"]
     assert TASK in json.loads((folder / "config.json").read_text())["custom_pipelines"]
     generate = pipeline(TASK, model=str(folder))
+    assert prompts == []
     assert type(generate) is IGPTImageGenerationPipeline
     assert len(generate(num_images=2, top_k=2)) == 2
