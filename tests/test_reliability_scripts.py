@@ -115,28 +115,49 @@ DIGITS = ["--dataset_name", "digits", "--disable_tqdm", "true", "--seed", "0"]
 TINY_PRETRAINING = ["--image_size", "8", "--n_clusters", "8", "--num_hidden_layers", "2", "--hidden_size", "64",
                     "--num_attention_heads", "4", "--palette_max_pixels", "20000"]  # fmt: skip
 
-# run_pretraining with the processor's save replaced by SIGKILL when it reaches checkpoint-4: the weights are written,
-# the processor, optimizer and trainer_state.json are not, as when a run is killed in the middle of a save.
-KILLED_DURING_SAVE = """
+# run_pretraining killed by SIGKILL, as by the OOM killer or a pre-empted machine: "save" while checkpoint-4 is being
+# written (the weights are on disk; the processor, optimizer and trainer_state.json are not), "training" right after
+# optimiser step 5 (checkpoint-4 complete, step 5 lost).
+KILLED = """
 import os, signal, sys
 sys.path.insert(0, {examples!r})
 import run_pretraining
 from image_processing import IGPTImageProcessor
+from transformers import TrainerCallback
 
-save = IGPTImageProcessor.save_pretrained
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
 
-def save_or_die(self, folder, *args, **kwargs):
-    if os.path.basename(os.path.normpath(folder)) == "checkpoint-4":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return save(self, folder, *args, **kwargs)
+if {when!r} == "save":
+    save = IGPTImageProcessor.save_pretrained
 
-IGPTImageProcessor.save_pretrained = save_or_die
+    def save_or_die(self, folder, *args, **kwargs):
+        if os.path.basename(os.path.normpath(folder)) == "checkpoint-4":
+            die()
+        return save(self, folder, *args, **kwargs)
+
+    IGPTImageProcessor.save_pretrained = save_or_die
+else:
+    class DieAfterStep5(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:
+                die()
+
+    class DyingTrainer(run_pretraining.BitsPerDimTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(DieAfterStep5())
+
+    run_pretraining.BitsPerDimTrainer = DyingTrainer
 run_pretraining.main(sys.argv[1:])
 """
+KILL_RUN = [*DIGITS, *TINY_PRETRAINING, "--max_steps", "6", "--per_device_train_batch_size", "16",
+            "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--logging_steps", "1",
+            "--max_train_samples", "96"]  # fmt: skip
 
 
 def run_script(script: str, *args: str, expect_kill: bool = False) -> subprocess.CompletedProcess:
-    command = [sys.executable, script if script.endswith(".py") and os.path.isabs(script) else str(EXAMPLES / script)]
+    command = [sys.executable, script if os.path.isabs(script) else str(EXAMPLES / script)]
     result = subprocess.run([*command, *args], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if expect_kill:
         assert result.returncode == -9, (result.returncode, result.stderr[-3000:])
@@ -150,37 +171,45 @@ def logged_losses(folder: Path) -> dict[int, float]:
     return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
 
 
-def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("uninterrupted")
+    run_script("run_pretraining.py", *KILL_RUN, "--output_dir", str(output))
+    return output
+
+
+@pytest.mark.parametrize("when, resumed_from", [("save", 2), ("training", 4)])
+def test_a_killed_run_resumes_from_the_last_complete_checkpoint(uninterrupted, tmp_path, when, resumed_from):
     from safetensors.torch import load_file
 
-    common = [*DIGITS, *TINY_PRETRAINING, "--max_steps", "6", "--per_device_train_batch_size", "16",
-              "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--logging_steps", "1",
-              "--max_train_samples", "96"]  # fmt: skip
-    run_script("run_pretraining.py", *common, "--output_dir", str(tmp_path / "full"))
-
     killed = tmp_path / "killed"
-    driver = tmp_path / "killed_during_save.py"
-    driver.write_text(KILLED_DURING_SAVE.format(examples=str(EXAMPLES)))
-    run_script(str(driver), *common, "--output_dir", str(killed), expect_kill=True)
-    assert (killed / "checkpoint-4" / "model.safetensors").exists()
-    assert not (killed / "checkpoint-4" / "trainer_state.json").exists()
+    driver = tmp_path / "killed.py"
+    driver.write_text(KILLED.format(examples=str(EXAMPLES), when=when))
+    run_script(str(driver), *KILL_RUN, "--output_dir", str(killed), expect_kill=True)
+    if when == "save":
+        assert (killed / "checkpoint-4" / "model.safetensors").exists()
+        assert not (killed / "checkpoint-4" / "trainer_state.json").exists()
 
-    resumed = run_script("run_pretraining.py", *common, "--output_dir", str(killed), "--resume_from_checkpoint", "true")
+    resumed = run_script("run_pretraining.py", *KILL_RUN, "--output_dir", str(killed), "--resume_from_checkpoint", "true")
     log = resumed.stdout + resumed.stderr
-    assert "Skipping the incomplete checkpoint" in log and "checkpoint-4" in log
-    assert log.count("'loss'") == 4  # steps 3-6, from checkpoint-2
+    assert ("Skipping the incomplete checkpoint" in log and "checkpoint-4" in log) == (when == "save")
+    assert log.count("'loss'") == 6 - resumed_from  # only the steps after the checkpoint are trained again
 
-    full, again = logged_losses(tmp_path / "full"), logged_losses(killed)
+    full, again = logged_losses(uninterrupted), logged_losses(killed)
     assert sorted(again) == [1, 2, 3, 4, 5, 6]
-    for step in (3, 4, 5, 6):
+    for step in range(resumed_from + 1, 7):
         assert math.isclose(again[step], full[step], rel_tol=1e-4), (step, again[step], full[step])
-    full_weights, resumed_weights = load_file(tmp_path / "full" / "model.safetensors"), load_file(killed / "model.safetensors")
+    full_weights, resumed_weights = load_file(uninterrupted / "model.safetensors"), load_file(killed / "model.safetensors")
     for name, weight in full_weights.items():
         torch.testing.assert_close(resumed_weights[name], weight, rtol=1e-4, atol=1e-6, msg=name)
+    differences = [abs(again[step] - full[step]) for step in range(resumed_from + 1, 7)]
+    weight_difference = max((resumed_weights[name] - weight).abs().max().item() for name, weight in full_weights.items())
+    print(f"killed during {when}: resumed from step {resumed_from}, largest loss difference {max(differences):.3g}, "
+          f"largest weight difference {weight_difference:.3g}")
 
     results = json.loads((killed / "train_results.json").read_text())
-    assert (results["resumed_from_step"], results["train_steps_in_this_run"]) == (2, 4)
-    assert json.loads((tmp_path / "full" / "train_results.json").read_text())["resumed_from_step"] == 0
+    assert (results["resumed_from_step"], results["train_steps_in_this_run"]) == (resumed_from, 6 - resumed_from)
+    assert json.loads((uninterrupted / "train_results.json").read_text())["resumed_from_step"] == 0
 
 
 def fake_checkpoint(folder: Path, step: int, missing: str | None = None, truncated_state: bool = False) -> Path:
