@@ -328,6 +328,10 @@ def make_image_grid(images, nrow: int = 8, padding: int = 2, pad_value: int = 0)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+# Keys a saved preprocessor_config.json holds about itself rather than about preprocessing.
+SAVED_METADATA = ("image_processor_type", "feature_extractor_type", "processor_class", "_processor_class", "auto_map")
+
+
 class IGPTImageProcessor(PilBackend):
     r"""
     Image GPT image processor: any picture -> RGB -> resize -> nearest palette colour per pixel -> `input_ids` of
@@ -373,6 +377,14 @@ class IGPTImageProcessor(PilBackend):
     do_convert_rgb = True
 
     def __init__(self, clusters=None, **kwargs: Unpack[IGPTImageProcessorKwargs]):
+        # transformers keeps unknown keywords as unused attributes (and saves them): a misspelt `do_centre_crop=False`
+        # would vanish. Only the declared keywords and what a saved config records about itself are taken.
+        unknown = sorted(set(kwargs) - set(self.valid_kwargs.__annotations__) - set(SAVED_METADATA))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown argument(s) {unknown}; it takes "
+                f"{sorted(self.valid_kwargs.__annotations__)}."
+            )
         super().__init__(clusters=clusters, **kwargs)
         self.clusters = self._check_clusters(self.clusters)
 
@@ -422,7 +434,10 @@ class IGPTImageProcessor(PilBackend):
             images = _with_channel_axis(images)
         elif isinstance(images, (list, tuple)) and any(_is_2d_array(image) for image in images):
             images = [_with_channel_axis(image) if _is_2d_array(image) else image for image in images]
-        return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
+        flat = super()._prepare_images_structure(images, expected_ndims=expected_ndims)
+        if len(flat) == 0:  # e.g. [[]] or an empty (0, H, W, C) batch
+            raise ValueError("Got no images (an empty batch): pass at least one image.")
+        return flat
 
     def _validate_preprocess_kwargs(self, do_center_crop=None, crop_size=None, **kwargs):
         # Our crop is to `size`, so transformers' check for `crop_size` does not apply.

@@ -321,11 +321,14 @@ def test_png_bytes_and_undecoded_dataset_dicts_give_the_decoded_images_ids(tmp_p
     [
         ([], "empty list of images"),
         ((), "empty list of images"),
+        ([[]], "no images"),
+        (np.zeros((0, 4, 4, 3), np.uint8), "no images"),
         (b"not an image", r"Could not decode an image from 12 bytes"),
         ({"bytes": None, "path": None}, "needs 'bytes' or 'path'"),
         ([{"bytes": b"\x89PNG broken", "path": None}], "Could not decode an image"),
     ],
-    ids=["empty list", "empty tuple", "garbage bytes", "empty dict", "truncated PNG"],
+    ids=["empty list", "empty tuple", "nested empty list", "empty batch array", "garbage bytes", "empty dict",
+         "truncated PNG"],
 )
 def test_empty_and_undecodable_inputs_raise_clear_errors(images, match):
     with pytest.raises(ValueError, match=match):

@@ -139,6 +139,19 @@ def test_preprocess_arguments_unknown_keywords_are_refused_by_name(processor):
         processor(images, extra_argument=True)
 
 
+def test_unknown_constructor_arguments_are_refused_by_name(tmp_path):
+    """transformers would keep `do_centre_crop=False` as an unused attribute (and save it): a silent no-op."""
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['do_centre_crop'\]"):
+        IGPTImageProcessor(clusters=PALETTE, do_centre_crop=False)
+    from image_processing import fit_palette
+
+    with pytest.raises(TypeError, match="do_centre_crop"):
+        fit_palette(np.zeros((2, 4, 4, 3), np.uint8), n_clusters=2, progress=False, do_centre_crop=False)
+    saved = IGPTImageProcessor(**PROCESSOR_DICT)
+    saved.save_pretrained(tmp_path)  # what a saved config says about itself is not an argument
+    assert IGPTImageProcessor.from_pretrained(tmp_path).to_dict() == saved.to_dict()
+
+
 def test_call_signature_and_declared_keywords(processor):
     call = inspect.signature(IGPTImageProcessor.__call__)
     assert list(call.parameters)[:2] == ["self", "images"]
