@@ -626,8 +626,8 @@ class IGPTForMaskedImageModeling(IGPTPreTrainedModel):
     ) -> IGPTMaskedImageModelingOutput:
         r"""
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            The BERT mask M. Drawn with `config.mask_probability` when not given (in training and evaluation alike,
-            as in the paper).
+            The BERT mask M, a bool tensor (an integer one is refused). Drawn with `config.mask_probability` when not
+            given (in training and evaluation alike, as in the paper). A mask of no positions gives a loss of 0.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             The pixel tokens; the loss counts masked positions only. With `num_items_in_batch` (Trainer) they must
             already be -100 outside `bool_masked_pos`, so that the count is of masked pixels.

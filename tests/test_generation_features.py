@@ -215,3 +215,41 @@ def test_keywords_generate_and_trainer_pass_are_still_accepted(pair):
     mean = ours(tokens, labels=tokens).loss
     summed = ours(tokens, labels=tokens, num_items_in_batch=torch.tensor(1)).loss
     torch.testing.assert_close(summed / (2 * 5), mean)  # 5 targets per row: the loss divided by what it was given
+
+
+def test_greedy_dict_outputs_match_imagegpt(pair):
+    """Scores, logits, per-step attentions and hidden states of generate(), eager attention on both sides."""
+    reference, ours = pair
+    prompt = prompts(2, 4)
+    options = dict(
+        do_sample=False, max_new_tokens=3, return_dict_in_generate=True, output_scores=True, output_logits=True,
+        output_attentions=True, output_hidden_states=True,
+    )  # fmt: skip
+    implementations = [model.config._attn_implementation for model in pair]
+    for model in pair:
+        model.set_attn_implementation("eager")
+    try:
+        expected, actual = reference.generate(prompt, **options), ours.generate(prompt, **options)
+    finally:
+        for model, implementation in zip(pair, implementations):
+            model.set_attn_implementation(implementation)
+    assert torch.equal(actual.sequences, expected.sequences)
+    torch.testing.assert_close(torch.stack(actual.logits), torch.stack(expected.logits), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(actual.scores), torch.stack(expected.scores), rtol=1e-5, atol=1e-5)
+    assert len(actual.attentions) == len(actual.hidden_states) == 3
+    for step, (ours_step, reference_step) in enumerate(zip(actual.attentions, expected.attentions)):
+        for got, want in zip(ours_step, reference_step):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"attentions at step {step}")
+    assert [len(step) for step in actual.hidden_states] == [len(step) for step in expected.hidden_states]
+
+
+def test_cache_format_and_continuing_from_a_returned_cache(pair):
+    _, ours = pair
+    prompt = prompts(2, 4)
+    first = ours.generate(prompt, do_sample=False, max_new_tokens=3, return_dict_in_generate=True)
+    cache = first.cache
+    assert len(cache.layers) == ours.config.num_hidden_layers
+    heads, head_dim = ours.config.num_attention_heads, ours.config.head_dim
+    assert cache.layers[0].keys.shape == (2, heads, 4 + 3 - 1, head_dim)
+    continued = ours.generate(first.sequences, cache=cache, do_sample=False, max_new_tokens=3)
+    assert torch.equal(continued, uncached_greedy(ours, prompt, 6))

@@ -397,3 +397,24 @@ def test_value_checks_read_no_values_off_the_cpu():
     model.check_labels(torch.empty(2, dtype=torch.long, device="meta"), batch=2)
     with pytest.raises(ValueError, match="input_ids must have shape"):  # shapes are still checked: they cost nothing
         model.transformer.check_inputs(input_ids=torch.empty(4, dtype=torch.long, device="meta"))
+
+
+def test_load_with_another_number_of_labels(tmp_path):
+    """Fine-tuning a checkpoint on another label set: the head is re-initialised, the trunk kept."""
+    model = tiny_model(IGPTForImageClassification)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="size mismatch|ignore_mismatched_sizes"):
+        IGPTForImageClassification.from_pretrained(tmp_path, num_labels=5)
+    loaded = IGPTForImageClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+    assert loaded.score.weight.shape == (5, WIDTH)
+    assert torch.equal(loaded.score.weight, torch.zeros(5, WIDTH))  # the paper's zero-initialised head
+    torch.testing.assert_close(loaded.transformer.wte.weight, model.transformer.wte.weight)
+
+
+def test_gradients_reach_hidden_states_and_attentions():
+    model = tiny_model(IGPTForCausalImageModeling, attn_implementation="eager").train()
+    output = model(tokens(), output_hidden_states=True, output_attentions=True)
+    output.hidden_states[0].retain_grad()
+    output.attentions[0].retain_grad()
+    output.logits.flatten()[0].backward()
+    assert output.hidden_states[0].grad is not None and output.attentions[0].grad is not None
