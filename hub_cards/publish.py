@@ -128,7 +128,10 @@ def read_metrics(paths: list[Path]) -> dict:
     """
     metrics = {"bits_per_dim": {}, "accuracy": {}, "probe": {}}
     for path in paths:
-        values = json.loads(Path(path).read_text())
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}): pass the metrics files the runs wrote") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a JSON object of metrics, got {type(values).__name__}")
         for key, value in values.items():

@@ -37,9 +37,10 @@ def tokenizer_num_tokens(processor, vqvae=None) -> int | None:
     return vqvae.config.codebook_size if vqvae is not None else getattr(processor, "n_clusters", None)
 
 
-def _source(path, obj, default: str) -> str:
+def _source(path, obj) -> str:
+    """" (PATH)" naming where `obj` came from, or "" when nobody said."""
     path = path if path is not None else getattr(obj, "name_or_path", None) or getattr(obj, "_name_or_path", None)
-    return os.fspath(path) if path else default
+    return f" ({os.fspath(path)})" if path else ""
 
 
 def check_model_fits_tokenizer(config, processor, vqvae=None, model_source=None, processor_source=None) -> None:
@@ -48,10 +49,10 @@ def check_model_fits_tokenizer(config, processor, vqvae=None, model_source=None,
 
     `model_source` / `processor_source` name where each came from (folders, files); the message names both.
     """
-    model_source = _source(model_source, config, "the model's config")
-    processor_source = _source(processor_source, processor, "the image processor")
+    model_source = _source(model_source, config)
+    processor_source = _source(processor_source, processor)
     if vqvae is not None:
-        processor_source += f" with the VQ-VAE {_source(None, vqvae.config, 'given')}"
+        processor_source += f" with the VQ-VAE{_source(None, vqvae.config)}"
     height, width = tokenizer_grid(processor, vqvae)
     num_tokens = tokenizer_num_tokens(processor, vqvae)
     what = "codes" if vqvae is not None else "colours"
@@ -81,7 +82,7 @@ def check_model_fits_tokenizer(config, processor, vqvae=None, model_source=None,
         )
     if problems:
         raise ValueError(
-            f"The model ({model_source}) and the image tokenizer ({processor_source}) do not belong together: "
+            f"The model{model_source} and the image tokenizer{processor_source} do not belong together: "
             + "; ".join(problems)
             + ". A model fits its tokenizer when height x width == max_position_embeddings and clusters (or VQ-VAE "
             "codes) + 1 == vocab_size: load the processor saved with this model."

@@ -95,8 +95,17 @@ def check_same_outputs(source: torch.nn.Module, target: torch.nn.Module, toleran
         raise ValueError(f"The converted model's outputs differ from the source's by {difference:.2e} (relative)")
 
 
-def _architecture(folder: Path) -> str:
+def _architecture(folder: Path, model_type: str) -> str:
+    """The source's architecture, after checking that the folder holds a `model_type` checkpoint at all."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: pass a folder written by save_pretrained")
     config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") != model_type:
+        direction = "IGPT -> ImageGPT takes --reverse" if config.get("model_type") == "igpt" else "ImageGPT -> IGPT: drop --reverse"
+        raise ValueError(
+            f"{folder} holds a {config.get('model_type')!r} checkpoint, but this conversion reads {model_type!r} ones "
+            f"({direction})"
+        )
     architectures = config.get("architectures") or ["ImageGPTForCausalImageModeling"]
     name = architectures[0].replace("IGPT", "ImageGPT")
     if name not in CLASS_PAIRS:
@@ -148,8 +157,8 @@ def convert_imagegpt_to_igpt(source_dir: str | os.PathLike, target_dir: str | os
 
     source_dir, target_dir = Path(source_dir), Path(target_dir)
     check_target(source_dir, target_dir, overwrite)
+    source_class, target_class = CLASS_PAIRS[_architecture(source_dir, "imagegpt")]
     processor = _load_clusters(source_dir)
-    source_class, target_class = CLASS_PAIRS[_architecture(source_dir)]
     source = source_class.from_pretrained(source_dir, attn_implementation="eager").eval()
     target = target_class(imagegpt_to_igpt_config(source.config)).eval()
     _check_fits(target.config, processor, source_dir)
@@ -165,8 +174,8 @@ def convert_igpt_to_imagegpt(source_dir: str | os.PathLike, target_dir: str | os
     """IGPT folder -> ImageGPT folder (model + transformers' ImageGPTImageProcessor with the same palette)."""
     source_dir, target_dir = Path(source_dir), Path(target_dir)
     check_target(source_dir, target_dir, overwrite)
+    target_class, source_class = CLASS_PAIRS[_architecture(source_dir, "igpt")]
     processor = _load_clusters(source_dir)
-    target_class, source_class = CLASS_PAIRS[_architecture(source_dir)]
     source = source_class.from_pretrained(source_dir).eval()
     _check_fits(source.config, processor, source_dir)
     target = target_class(igpt_to_imagegpt_config(source.config)).eval()

@@ -83,6 +83,8 @@ class IGPTImageGenerationPipeline(Pipeline):
         if "num_return_sequences" in generate_kwargs:
             raise ValueError(f"{TASK} takes num_images= (samples per call or per image), not num_return_sequences")
         forward_params = {}
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
         if seed is not None:
             forward_params["seed"] = seed
         if generate_kwargs:

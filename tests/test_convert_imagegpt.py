@@ -127,3 +127,15 @@ def test_conversion_check_catches_different_outputs():
         target.transformer.ln_f.weight.mul_(1.01)
     with pytest.raises(ValueError, match="differ from the source"):
         check_same_outputs(source, target)
+
+
+def test_a_missing_folder_or_the_wrong_direction_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere has no config.json"):
+        convert_main([str(tmp_path / "nowhere"), str(tmp_path / "out")])
+    imagegpt_folder(tmp_path / "imagegpt", ImageGPTForCausalImageModeling)
+    with pytest.raises(ValueError, match=r"holds a 'imagegpt' checkpoint, but this conversion reads 'igpt' ones \(ImageGPT -> IGPT: drop --reverse\)"):
+        convert_main([str(tmp_path / "imagegpt"), str(tmp_path / "out"), "--reverse"])
+    convert_main([str(tmp_path / "imagegpt"), str(tmp_path / "igpt")])
+    with pytest.raises(ValueError, match=r"holds a 'igpt' checkpoint, but this conversion reads 'imagegpt' ones \(IGPT -> ImageGPT takes --reverse\)"):
+        convert_main([str(tmp_path / "igpt"), str(tmp_path / "again")])  # silently re-converted an IGPT folder before
+    assert not (tmp_path / "out").exists() and not (tmp_path / "again").exists()

@@ -217,6 +217,9 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     metrics = write_json(tmp_path / "m.json", PRETRAINING)
     with pytest.raises(ValueError, match="--metrics needs --dataset_name"):
         assemble(good, tmp_path / "out4", "org/x", "--metrics", metrics)
+    (tmp_path / "broken.json").write_text("{eval_loss: 1")
+    with pytest.raises(ValueError, match=r"broken.json is not valid JSON"):
+        assemble(good, tmp_path / "out5", "org/x", "--dataset_name", "d", "--metrics", str(tmp_path / "broken.json"))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "old.txt").write_text("")
     with pytest.raises(FileExistsError, match="not empty"):

@@ -79,6 +79,11 @@ def test_the_error_names_both_sources_and_both_numbers():
         assert expected in message, (expected, message)
 
 
+def test_unnamed_sources_are_left_out_of_the_message():
+    with pytest.raises(ValueError, match=r"^The model and the image tokenizer do not belong together: vocabulary"):
+        check_model_fits_tokenizer(config(8, 8, 16), processor(8, 8, 8))
+
+
 def test_without_palette_or_vqvae_there_are_no_token_ids():
     with pytest.raises(ValueError, match="no palette"):
         check_model_fits_tokenizer(config(8, 8, 16), IGPTImageProcessor(size={"height": 8, "width": 8}))

@@ -122,3 +122,8 @@ def test_length_and_prompt_keywords_are_refused_naming_them(pipe, keyword):
         pipe(num_images=1, **{keyword: 200})
     with pytest.raises(ValueError, match="takes num_images="):
         pipe(num_return_sequences=2)
+
+
+def test_a_seed_that_is_not_an_integer_is_refused(pipe):
+    with pytest.raises(ValueError, match="seed must be an integer, got 'a'"):
+        pipe(num_images=1, seed="a")
