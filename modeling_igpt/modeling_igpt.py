@@ -647,7 +647,8 @@ class IGPTForMaskedImageModeling(IGPTPreTrainedModel):
                     f"got {tuple(labels.shape)}"
                 )
             unmasked = ~bool_masked_pos.bool()
-            if kwargs.get("num_items_in_batch") is not None and not torch.compiler.is_compiling():
+            checkable = labels.device.type == "cpu" and not torch.compiler.is_compiling()  # no sync on a GPU
+            if kwargs.get("num_items_in_batch") is not None and checkable:
                 # Trainer counted labels != -100 as items: labels at unmasked positions would scale the loss down
                 if (labels[unmasked] != -100).any():
                     raise ValueError(

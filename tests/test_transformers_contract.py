@@ -397,6 +397,11 @@ def test_value_checks_read_no_values_off_the_cpu():
     model.check_labels(torch.empty(2, dtype=torch.long, device="meta"), batch=2)
     with pytest.raises(ValueError, match="input_ids must have shape"):  # shapes are still checked: they cost nothing
         model.transformer.check_inputs(input_ids=torch.empty(4, dtype=torch.long, device="meta"))
+    # The masked head's Trainer check (labels -100 off the mask) too: a whole BERT forward with loss runs on meta.
+    bert = tiny_model(IGPTForMaskedImageModeling, objective="bert").to("meta")
+    meta_mask = torch.empty(2, 4, dtype=torch.bool, device="meta")
+    loss = bert(meta_ids, bool_masked_pos=meta_mask, labels=meta_ids, num_items_in_batch=torch.ones((), device="meta")).loss
+    assert loss.device.type == "meta"
 
 
 def test_load_with_another_number_of_labels(tmp_path):
