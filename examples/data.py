@@ -82,6 +82,8 @@ class DataArguments:
         sources = [self.dataset_name is not None, self.train_file is not None, self.train_dir is not None]
         if sum(sources) != 1:
             raise ValueError("Give exactly one data source: --dataset_name, --train_file (parquet) or --train_dir.")
+        if self.dataset_config_name is not None and (self.dataset_name is None or self.dataset_name == DIGITS):
+            raise ValueError("--dataset_config_name applies to a Hub --dataset_name only.")
         for name in ("train_file", "validation_file", "test_file"):
             path = getattr(self, name)
             if path is not None and not path.endswith(".parquet"):

@@ -456,3 +456,9 @@ def test_a_negative_generative_loss_weight_is_refused(scripts, checkpoint, tmp_p
     with pytest.raises(ValueError, match="--generative_loss_weight must be >= 0"):
         scripts["classification"].main(["--dataset_name", "digits", "--model_name_or_path", str(checkpoint),
                                          "--generative_loss_weight", "-1", "--output_dir", str(tmp_path)])  # fmt: skip
+
+
+def test_a_dataset_configuration_without_a_hub_dataset_is_refused(scripts, parquet_files, tmp_path):
+    with pytest.raises(ValueError, match="--dataset_config_name applies to a Hub --dataset_name only"):
+        scripts["pretraining"].main(["--train_file", str(parquet_files["good"]), "--dataset_config_name", "plain_text",
+                                     "--output_dir", str(tmp_path)])  # fmt: skip

@@ -14,8 +14,8 @@ from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_vqvae.py"
-TINY = ["--image_size", "32", "--config_overrides", "latent_size=16,codebook_size=64"]
-TINY += ["--bundled_validation_crops", "16"]
+NEW_MODEL = ["--image_size", "32", "--config_overrides", "latent_size=16,codebook_size=64"]
+TINY = [*NEW_MODEL, "--bundled_validation_crops", "16"]
 
 
 def run_script(*arguments):
@@ -53,7 +53,8 @@ def test_run_vqvae_trains_saves_and_reports_codebook_metrics(tmp_path):
     assert (output_dir / "model.safetensors").exists() and (output_dir / "preprocessor_config.json").exists()
 
     # evaluating the saved model without training reproduces the final validation numbers
-    run_script(*TINY, "--model_name_or_path", str(output_dir), "--do_eval", "--output_dir", str(tmp_path / "again"))
+    run_script("--bundled_validation_crops", "16", "--model_name_or_path", str(output_dir), "--do_eval",
+               "--output_dir", str(tmp_path / "again"))  # no --config_overrides: they apply to new models only
     again = json.loads((tmp_path / "again" / "eval_results.json").read_text())
     assert again["eval_mse"] == pytest.approx(metrics["eval_mse"], rel=1e-5)
     assert again["eval_codes_used"] == metrics["eval_codes_used"]
