@@ -462,3 +462,18 @@ def test_a_dataset_configuration_without_a_hub_dataset_is_refused(scripts, parqu
     with pytest.raises(ValueError, match="--dataset_config_name applies to a Hub --dataset_name only"):
         scripts["pretraining"].main(["--train_file", str(parquet_files["good"]), "--dataset_config_name", "plain_text",
                                      "--output_dir", str(tmp_path)])  # fmt: skip
+
+
+def test_run_vqvae_resumes_from_the_last_complete_checkpoint_with_true(tmp_path):
+    """`--resume_from_checkpoint true` reached Trainer as a folder named "true"; now it is resolved as in the other
+    scripts (an incomplete newer checkpoint is skipped)."""
+    import run_vqvae
+
+    common = [*VQVAE_TINY, "--config_overrides", "latent_size=16,codebook_size=64", "--save_strategy", "steps",
+              "--save_steps", "1", "--output_dir", str(tmp_path)]  # fmt: skip
+    run_vqvae.main([*common, "--max_steps", "2"])
+    (tmp_path / "checkpoint-2" / "trainer_state.json").unlink()  # as a kill during its save would leave it
+    run_vqvae.main([*common, "--max_steps", "3", "--resume_from_checkpoint", "true"])
+    state = json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
