@@ -101,7 +101,8 @@ def _architecture(folder: Path, model_type: str) -> str:
         raise FileNotFoundError(f"{folder} has no config.json: pass a folder written by save_pretrained")
     config = json.loads((folder / "config.json").read_text())
     if config.get("model_type") != model_type:
-        direction = "IGPT -> ImageGPT takes --reverse" if config.get("model_type") == "igpt" else "ImageGPT -> IGPT: drop --reverse"
+        is_igpt = config.get("model_type") == "igpt"
+        direction = "IGPT -> ImageGPT takes --reverse" if is_igpt else "ImageGPT -> IGPT: drop --reverse"
         raise ValueError(
             f"{folder} holds a {config.get('model_type')!r} checkpoint, but this conversion reads {model_type!r} ones "
             f"({direction})"
@@ -124,7 +125,7 @@ def _load_clusters(folder: Path):
 
 
 def check_target(source_dir: Path, target_dir: Path, overwrite: bool = False):
-    """Refuse, before any work, to write into the source folder or into a folder that holds files, unless `overwrite`."""
+    """Refuse, before any work, to write into the source folder or into a folder holding files, unless `overwrite`."""
     if target_dir.exists() and not target_dir.is_dir():
         raise FileExistsError(f"{target_dir} is a file: the target must be a folder")
     if overwrite or not target_dir.exists():
@@ -135,9 +136,10 @@ def check_target(source_dir: Path, target_dir: Path, overwrite: bool = False):
             "and weights. Pass a new folder, or --overwrite (overwrite=True) to do it anyway."
         )
     if any(target_dir.iterdir()):
+        names = sorted(path.name for path in target_dir.iterdir())
         raise FileExistsError(
-            f"{target_dir} is not empty ({', '.join(sorted(path.name for path in target_dir.iterdir())[:5])}...): pass a "
-            "new folder, or --overwrite (overwrite=True) to replace files of the same names."
+            f"{target_dir} is not empty ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): pass a new "
+            "folder, or --overwrite (overwrite=True) to replace files of the same names."
         )
 
 

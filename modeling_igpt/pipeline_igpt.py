@@ -42,7 +42,7 @@ class IGPTImageGenerationPipeline(Pipeline):
     _load_tokenizer = False
     _load_feature_extractor = False
     _load_processor = False
-    _load_video_processor = False  # else pipeline() probes for one and asks about the folder's remote code on a terminal
+    _load_video_processor = False  # else pipeline() probes for one and asks on a terminal about the folder's code
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -77,8 +77,8 @@ class IGPTImageGenerationPipeline(Pipeline):
         fixed = sorted(set(generate_kwargs) & set(FIXED_GENERATE_KWARGS))
         if fixed:
             raise ValueError(
-                f"{TASK} always generates whole images (height x width tokens after the start token) from the prompt it "
-                f"builds; it does not take {fixed}. Use prompt_fraction= to keep more or fewer rows of a given image."
+                f"{TASK} always generates whole images (height x width tokens after the start token) from the prompt "
+                f"it builds; it does not take {fixed}. Use prompt_fraction= to keep more or fewer rows of a given image."
             )
         if "num_return_sequences" in generate_kwargs:
             raise ValueError(f"{TASK} takes num_images= (samples per call or per image), not num_return_sequences")

@@ -111,7 +111,9 @@ def test_run_sampling_refuses_a_misfit(misfit, tmp_path):
 
     folder, match = misfit
     with pytest.raises(ValueError, match=match) as error:
-        run_sampling.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "out"), "--num_samples", "2"])
+        run_sampling.main(
+            ["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "out"), "--num_samples", "2"]
+        )
     assert str(folder) in str(error.value)
     assert not (tmp_path / "out" / "samples.png").exists()
 
@@ -138,8 +140,10 @@ def test_run_pretraining_refuses_a_processor_from_elsewhere_that_does_not_fit(tm
     IGPTForCausalImageModeling(config(8, 8, 16)).save_pretrained(model_folder)
     processor(4, 4, 16).save_pretrained(processor_folder)
     with pytest.raises(ValueError, match=MISFITS["8x8 model, 4x4 processor"][2]) as error:
-        run_pretraining.main(["--dataset_name", "digits", "--model_name_or_path", str(model_folder),
-                              "--image_processor_name", str(processor_folder), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+        run_pretraining.main([
+            "--dataset_name", "digits", "--model_name_or_path", str(model_folder),
+            "--image_processor_name", str(processor_folder), "--output_dir", str(tmp_path / "out"),
+        ])  # fmt: skip
     assert str(model_folder) in str(error.value) and str(processor_folder) in str(error.value)
 
 
