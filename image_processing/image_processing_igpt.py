@@ -354,6 +354,11 @@ class IGPTImageProcessor(PilBackend):
     The vocabulary of a model using this processor is `n_clusters + 1`: the start-of-sequence token is
     `start_token_id == n_clusters`, as in ImageGPT.
 
+    Inputs: PIL images, numpy arrays, torch tensors, encoded files (PNG/JPEG bytes or `{"bytes", "path"}` dicts), paths
+    or URLs, alone or in lists. Channel order follows one rule (`channel_axis`, shared with `fit_palette`): when both
+    ends of an array's shape could hold 1, 3 or 4 channels, numpy arrays are channels-last and torch tensors
+    channels-first; otherwise the end that can hold them is the channel axis; `input_data_format` overrides both.
+
     Tokens equal transformers' `ImageGPTImageProcessorPil` for the same palette and 8-bit input: each pixel is decided
     by the same float64 arithmetic (palettes are stored as float64, as JSON gives them). Two known differences: a
     float32 palette passed to transformers as an array is compared in float32 there, so a pixel within ~1e-7 of a tie
