@@ -8,6 +8,7 @@ Protocol (paper, Section 3.1): when a dataset has no validation split, 10% of `t
 every choice that is tuned, and `test` is touched only to report.
 """
 
+import io
 import logging
 import math
 import os
@@ -65,12 +66,18 @@ class DataArguments:
         default=None, metadata={"help": "Keep only this many validation (and test) images."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub datasets are cached."})
+    image_check: str = field(
+        default="decode",
+        metadata={
+            "help": "Before training, read every image once so that a bad one fails the run at loading, naming its "
+            "split and row: 'decode' (full decode; measured on one core of a 2-core x86-64 VM: 0.16 ms per 8x8 PNG, "
+            "4.9 ms per 500x375 JPEG), 'header' (0.1 ms: catches what is not an image, not truncated data), or 'none'.",
+            "choices": ["decode", "header", "none"],
+        },
+    )
     skip_bad_images: bool = field(
         default=False,
-        metadata={
-            "help": "Drop images that cannot be decoded (counted and logged) instead of stopping. Every image is "
-            "decoded once when the data is loaded, so a bad one fails the run before training, naming split and row."
-        },
+        metadata={"help": "Drop the images --image_check finds unreadable (counted, logged) instead of stopping."},
     )
 
     @property
@@ -195,7 +202,7 @@ def load_image_splits(
         raise ValueError(f"The dataset has no 'train' split, only {list(splits)}.")
     train = splits["train"]
     image_column = find_column(train, data_args.image_column_name, IMAGE_COLUMNS, datasets.Image, "image")
-    splits, skipped = check_images(splits, image_column, data_args.skip_bad_images)  # rows as in the files
+    splits, skipped = check_images(splits, image_column, data_args.image_check, data_args.skip_bad_images)
     label_column = label_names = None
     if with_labels:
         label_column = find_column(train, data_args.label_column_name, LABEL_COLUMNS, datasets.ClassLabel, "label")
@@ -226,13 +233,19 @@ def load_image_splits(
 
 
 def check_images(
-    splits: datasets.DatasetDict, column: str, skip: bool, batch_size: int = 256
+    splits: datasets.DatasetDict, column: str, mode: str = "decode", skip: bool = False, batch_size: int = 256
 ) -> tuple[datasets.DatasetDict, dict[str, int]]:
-    """Decode every image of an `Image` column once, so that a corrupt one stops the run here, naming its split and
-    row, rather than mid-training; with `skip`, drop such rows instead (counted per split, logged)."""
-    if not isinstance(splits["train"].features[column], datasets.Image):
+    """Read every image of an `Image` column once (`mode` "decode": fully; "header": the file header only), so that
+    a bad one stops the run here, naming its split and row (as in the files), rather than mid-training; with `skip`,
+    drop such rows instead (counted per split, logged)."""
+    if mode == "none" or not isinstance(splits["train"].features[column], datasets.Image):
         return splits, {}  # arrays: nothing to decode
-    decoder = datasets.Image()
+
+    def read(item: dict):
+        with Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"]) as image:
+            if mode == "decode":
+                image.load()
+
     checked, skipped = {}, {}
     for name, split in splits.items():
         undecoded = split.select_columns([column]).cast_column(column, datasets.Image(decode=False))
@@ -240,7 +253,7 @@ def check_images(
         for start, batch in zip(range(0, len(split), batch_size), undecoded.iter(batch_size=batch_size)):
             for offset, item in enumerate(batch[column]):
                 try:
-                    decoder.decode_example(item).load()
+                    read(item)
                 except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
                     bad.append((start + offset, f"{type(error).__name__}: {error}"))
         if bad and not skip:

@@ -384,10 +384,15 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def test_a_corrupt_image_stops_the_run_at_loading_naming_split_and_row(scripts, parquet_files, tmp_path):
-    for script in ("pretraining", "vqvae"):
+    for script, check in [("pretraining", "decode"), ("vqvae", "decode"), ("pretraining", "header")]:
         with pytest.raises(ValueError, match=r"1 of 200 images in the train split cannot be decoded \(rows 57\); row 57: "
                                              r"UnidentifiedImageError.*--skip_bad_images"):  # fmt: skip
-            scripts[script].main(["--train_file", str(parquet_files["corrupt"]), "--output_dir", str(tmp_path)])
+            scripts[script].main(["--train_file", str(parquet_files["corrupt"]), "--image_check", check,
+                                  "--output_dir", str(tmp_path)])  # fmt: skip
+    from data import DataArguments, load_image_splits
+
+    unchecked = load_image_splits(DataArguments(train_file=str(parquet_files["corrupt"]), image_check="none"))
+    assert sum(len(split) for split in unchecked.splits.values()) == 200 and unchecked.skipped_images == {}
 
 
 def test_skip_bad_images_trains_without_them_and_reports_the_count(parquet_files, tmp_path):
