@@ -1,5 +1,6 @@
-"""What the Trainer-based examples share: argument parsing with the paper's optimiser defaults, checkpoint lookup, and
-a Trainer that reports losses in bits per dimension."""
+"""What the Trainer-based examples share: argument parsing with the paper's optimiser defaults (refusing an
+--output_dir that is a file and missing local model folders), lookup of the last complete checkpoint, a Trainer that
+stops at the first non-finite loss, and one that reports losses in bits per dimension."""
 
 import json
 import logging
@@ -55,8 +56,8 @@ def parse_arguments(dataclass_types, defaults: dict, argv: list[str] | None = No
 
 
 def check_local_folder(path: str | None, flag: str) -> None:
-    """A path given for a model or processor must be a folder; a missing one is named, rather than looked up on the
-    Hub (which says "couldn't connect to huggingface.co" offline or "Repo id must be in the form ..."). Only an
+    """A path given for a model or processor must be a folder; a missing one is named here rather than looked up on
+    the Hub (which answers "Repo id must be in the form ..." or "couldn't connect to huggingface.co"). Only an
     `owner/name`-like id that is not a local folder goes to the Hub, and only when the Hub is not switched off."""
     if path is None or os.path.isdir(path):
         return
