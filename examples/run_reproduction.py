@@ -40,28 +40,32 @@ import run_pretraining  # noqa: E402
 
 
 # Each preset: the model and palette, the pretraining budget (steps, split into `checkpoints` equal parts), and the
-# probes (`checkpoint_probe_train_samples` labelled images for the per-checkpoint probes; the final probe uses all).
+# probes (`checkpoint_probe_train_samples` labelled images for the per-checkpoint probes, `probe_train_samples` for the
+# final one and its baselines, 0 = all of train less validation).
 PRESETS = {
     # Test-sized: seconds on a CPU, on scikit-learn's bundled 8x8 digits or any small dataset.
     "tiny": {
         "image_size": 8, "n_clusters": 8, "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
         "max_steps": 48, "checkpoints": 3, "per_device_train_batch_size": 32, "learning_rate": 3e-3,
         "palette_max_pixels": 20000, "max_eval_samples": 200,
-        "checkpoint_probe_train_samples": 600, "regularization": "0.1,1", "max_iter": 200, "batch_size": 128,
+        "checkpoint_probe_train_samples": 600, "probe_train_samples": 0, "regularization": "0.1,1", "max_iter": 200,
+        "batch_size": 128,
     },
     # At most 45 minutes on a 2-core CPU for CIFAR-10 (docs/reproduction.md: what it measured).
     "cpu": {
         "image_size": 16, "n_clusters": 64, "num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4,
-        "max_steps": 700, "checkpoints": 4, "per_device_train_batch_size": 64, "learning_rate": 3e-3,
+        "max_steps": 702, "checkpoints": 3, "per_device_train_batch_size": 64, "learning_rate": 3e-3,
         "palette_max_pixels": 500000, "max_eval_samples": 2000,
-        "checkpoint_probe_train_samples": 10000, "regularization": "0.01,0.1,1", "max_iter": 300, "batch_size": 256,
+        "checkpoint_probe_train_samples": 5000, "probe_train_samples": 20000, "regularization": "0.01,0.1,1",
+        "max_iter": 300, "batch_size": 256,
     },
     # At most 10 minutes of one H100/H200 for pretraining at the paper's 32x32 and 512 colours (not yet measured).
     "gpu": {
         "image_size": 32, "n_clusters": 512, "num_hidden_layers": 8, "hidden_size": 512, "num_attention_heads": 8,
         "max_steps": 6000, "checkpoints": 4, "per_device_train_batch_size": 128, "learning_rate": 3e-3,
         "palette_max_pixels": 2000000, "max_eval_samples": 5000,
-        "checkpoint_probe_train_samples": 10000, "regularization": "0.001,0.01,0.1,1", "max_iter": 1000, "batch_size": 512,
+        "checkpoint_probe_train_samples": 10000, "probe_train_samples": 0, "regularization": "0.001,0.01,0.1,1",
+        "max_iter": 1000, "batch_size": 512,
     },
 }
 
@@ -76,6 +80,11 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--disable_tqdm", action="store_true")
+    parser.add_argument(
+        "--low_data_labels_per_class", metavar="N,N,..",
+        help="Also probe the final model's best layer with this many labels per class (paper: 4,25,400; 5 random "
+        "subsets each), beside raw pixels on the same subsets.",
+    )  # fmt: skip
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help=f"Override preset values, e.g. --set max_steps=200 learning_rate=1e-3 (keys: {sorted(PRESETS['cpu'])}).",
@@ -102,7 +111,9 @@ def step(title: str, script, argv: list[str]) -> dict:
     print(f"\n=== {title}\n    python examples/{script.__name__}.py {' '.join(argv)}\n", flush=True)
     started = time.time()
     result = script.main(argv)
-    return result, round(time.time() - started, 1)
+    seconds = round(time.time() - started, 1)
+    print(f"\n=== ({title.split('.')[0]}. took {seconds:.0f} s)", flush=True)
+    return result, seconds
 
 
 def validation_bits_per_dim(trainer_state: str) -> dict[int, float]:
@@ -198,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
         run_linear_probe,
         common + probe_settings + [
             "--model_name_or_path", pretrained, "--output_dir", f"{out}/probe", "--baselines", "raw_pixels,random_init",
-        ],
+        ]
+        + (["--max_train_samples", str(settings["probe_train_samples"])] if settings["probe_train_samples"] else [])
+        + (["--low_data_labels_per_class", args.low_data_labels_per_class] if args.low_data_labels_per_class else []),
     )  # fmt: skip
     shutil.copy(f"{out}/probe/probe_accuracy.png", f"{out}/probe_accuracy.png")
     plot_figure3(checkpoints, f"{out}/probe_vs_bits_per_dim.png")
@@ -217,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         "chance_accuracy": final["chance_accuracy"],
         "final_validation_bits_per_dim": pretraining["eval_bits_per_dim"],
         "checkpoints": checkpoints,
+        "low_data": final["low_data"],
         "num_images": {"train": final["num_train"], "validation": final["num_validation"], "test": final["num_test"]},
         "settings": {
             "preset": args.preset, **settings, "seed": args.seed, "objective": "autoregressive",

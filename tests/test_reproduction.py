@@ -33,7 +33,8 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("reproduction")
-    result = run("run_reproduction.py", "--preset", "tiny", "--dataset_name", "digits", "--output_dir", str(output), "--disable_tqdm")
+    result = run("run_reproduction.py", "--preset", "tiny", "--dataset_name", "digits", "--output_dir", str(output),
+                 "--low_data_labels_per_class", "5", "--disable_tqdm")  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     return output, json.loads((output / "results.json").read_text())
 
@@ -86,31 +87,58 @@ def test_checkpoints_follow_training_and_their_bits_per_dim_come_from_the_traine
     assert results["final_validation_bits_per_dim"] == pytest.approx(checkpoints[-1]["validation_bits_per_dim"])
 
 
+def raw_pixels(output: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (pixels (N, 3*H*W), labels (N,))} of digits at the saved processor's resolution, split as the scripts do."""
+    from data import DataArguments, load_image_splits
+    from image_processing import IGPTImageProcessor
+
+    processor = IGPTImageProcessor.from_pretrained(output / "pretrained")
+    splits = load_image_splits(DataArguments(dataset_name="digits"), seed=0, with_labels=True, with_test=True).splits
+    arrays = {}
+    for name in ("train", "validation", "test"):
+        values = processor(list(splits[name]["image"]), do_color_quantize=False, return_tensors="np")["pixel_values"]
+        arrays[name] = (values.reshape(len(values), -1), np.asarray(splits[name]["label"]))
+    return arrays
+
+
 def test_raw_pixel_baseline_is_logistic_regression_on_the_processors_pixels(study):
     """Recompute the baseline here from the saved processor and the same split: same C, same test accuracy."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from data import DataArguments, load_image_splits
-    from image_processing import IGPTImageProcessor
-
     output, results = study
     probe = json.loads((output / "probe" / "probe_results.json").read_text())
-    processor = IGPTImageProcessor.from_pretrained(output / "pretrained")
-    splits = load_image_splits(DataArguments(dataset_name="digits"), seed=0, with_labels=True, with_test=True).splits
-
-    def pixels(name):
-        values = processor(list(splits[name]["image"]), do_color_quantize=False, return_tensors="np")["pixel_values"]
-        return values.reshape(len(values), -1), np.asarray(splits[name]["label"])
-
-    (train_x, train_y), (test_x, test_y) = pixels("train"), pixels("test")
+    pixels = raw_pixels(output)
+    (train_x, train_y), (test_x, test_y) = pixels["train"], pixels["test"]
     assert train_x.shape[1] == probe["raw_pixels"]["num_features"] == 3 * 8 * 8
-    settings = results["settings"]
-    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=probe["raw_pixels"]["C"], max_iter=settings["max_iter"]))
+    max_iter = results["settings"]["max_iter"]
+    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=probe["raw_pixels"]["C"], max_iter=max_iter))
     fitted.fit(train_x, train_y)
     assert fitted.score(test_x, test_y) == pytest.approx(results["raw_pixels_test_accuracy"])
     assert results["raw_pixels_test_accuracy"] > 0.9  # digits are nearly linearly separable in pixel space
+
+
+def test_low_data_raw_pixels_use_the_documented_label_subsets(study):
+    """5 labels per class, 5 subsets drawn with the seed's generator: refitting raw pixels on those subsets (C chosen
+    on validation) gives the reported accuracies; the feature probe was scored on as many subsets."""
+    from run_linear_probe import fit_probe, low_data_subset
+
+    output, results = study
+    (entry,) = results["low_data"]
+    assert entry["labels_per_class"] == 5 and len(entry["test_accuracies"]) == 5
+    pixels = raw_pixels(output)
+    (train_x, train_y), (test_x, test_y) = pixels["train"], pixels["test"]
+    strengths = [float(strength) for strength in results["settings"]["regularization"].split(",")]
+    rng = np.random.default_rng(0)
+    refits = []
+    for _ in range(5):
+        rows = low_data_subset(train_y, 5, rng)
+        assert np.bincount(train_y[rows]).tolist() == [5] * 10
+        fitted, _, _ = fit_probe(train_x[rows], train_y[rows], *pixels["validation"], strengths, results["settings"]["max_iter"])
+        refits.append(fitted.score(test_x, test_y))
+    assert refits == pytest.approx(entry["raw_pixels_test_accuracies"])
+    assert entry["raw_pixels_mean"] == pytest.approx(np.mean(refits)) and np.std(refits) > 0
 
 
 def test_probe_script_rejects_an_unknown_baseline(tmp_path):
