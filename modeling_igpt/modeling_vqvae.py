@@ -236,7 +236,8 @@ class IGPTVQVAEPreTrainedModel(PreTrainedModel):
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             # PyTorch's default convolution init, as in the reference VQ-VAE implementations
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-            fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
+            # fan-in as PyTorch counts it for both kinds: weight dim 1 times the kernel size, i.e. one slice of dim 0
+            fan_in = module.weight[0].numel()
             bound = 1 / math.sqrt(fan_in)
             init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, IGPTVQVAEQuantizer):
