@@ -4,8 +4,10 @@ Graph capture is checked with the `aot_eager` backend (Dynamo + AOT autograd, no
 the same graph breaks as inductor but compiles in seconds on a CPU.
 """
 
+from unittest import mock
+
 import torch
-from transformers import CompileConfig, StaticCache
+from transformers import StaticCache
 
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling
 
@@ -66,21 +68,21 @@ def test_static_cache_decode_step_compiles_to_one_graph():
 
 
 def test_transformers_compiled_static_cache_generate_is_token_identical_to_eager():
-    """The path an accelerator takes (fixed-shape StaticCache, compiled forward; CUDA graphs there), run on the CPU.
-
-    On the CPU a plain static-cache request goes to IGPT's own decoder (tests/test_generation_igpt.py); asking for a
-    dict output keeps it in transformers' loop.
+    """The path an accelerator takes (transformers' loop over a fixed-shape StaticCache, compiled forward; CUDA graphs
+    there), run on the CPU. transformers compiles only on accelerators and has no public switch for the CPU, so the
+    forward is compiled here; `cache_implementation="dynamic"` for the eager side and a dict output for the compiled
+    side keep both in transformers' loop (a plain CPU request goes to IGPT's decoder, tests/test_generation_igpt.py).
     """
     model = tiny_model().eval()
     start = torch.full((3, 1), CLUSTERS)
-    eager = model.generate(start, max_new_tokens=POSITIONS, do_sample=False)
-    compile_config = CompileConfig(fullgraph=True, backend="aot_eager", mode=None)
-    compile_config._compile_all_devices = True  # generate() compiles only on accelerators unless told otherwise
-    compiled = model.generate(
-        start, max_new_tokens=POSITIONS, do_sample=False, cache_implementation="static", compile_config=compile_config,
-        return_dict_in_generate=True,
-    )  # fmt: skip
-    assert hasattr(model, "_compiled_call"), "generate() did not take the compiled path"
+    eager = model.generate(start, max_new_tokens=POSITIONS, do_sample=False, cache_implementation="dynamic")
+    compiled_forward = torch.compile(model.forward, fullgraph=True, backend="aot_eager")  # a graph break raises
+    with mock.patch.object(model, "forward", compiled_forward):
+        compiled = model.generate(
+            start, max_new_tokens=POSITIONS, do_sample=False, cache_implementation="static",
+            return_dict_in_generate=True,
+        )  # fmt: skip
+    assert isinstance(compiled.cache, StaticCache)
     assert torch.equal(compiled.sequences, eager)
 
 
