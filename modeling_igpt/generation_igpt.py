@@ -1,21 +1,23 @@
-"""Image decoding on the CPU: a KV cache read only up to its filled length, and a compiled one-token step.
+"""Image decoding on the CPU: a KV cache read only up to its filled length, and a one-token step compiled on first use.
 
-`generate(cache_implementation="static")` asks transformers for a preallocated cache and a compiled decode step. On an
-accelerator IGPT takes transformers' own path for it (a `StaticCache` of fixed shape, so CUDA graphs can replay the
-step). On the CPU there are no graphs to replay, and two costs of that path remain: every step attends over all
-`max_length` cache slots under a mask (twice the keys and values an image needs on average, and reading them is what
-a late decode step spends most of its time on), and `generate()`'s loop adds its own per-step work around the model.
-`decode_images` replaces both: `IGPTPrefixCache` hands attention exactly the filled positions (no mask), the step is
-compiled once with a dynamic sequence length, and the loop does only what an image needs — choose the next pixel of
-every image, write it down, feed it back. Requests it does not cover (other devices, padding, stopping criteria other
-than the length, beams, dict outputs, a cache passed in) go through transformers' loop unchanged.
+An image's length is known before it is drawn, and on the CPU two costs of transformers' loop remain around the model:
+a cache that grows by concatenation (or, with `cache_implementation="static"`, attention over every preallocated slot
+under a mask), and `generate()`'s own per-step work. `decode_images` replaces both: `IGPTPrefixCache` hands attention
+exactly the filled positions (so one new token needs no mask), the step is compiled once per model with a dynamic
+sequence length, and the loop does only what an image needs — choose the next pixel of every image, write it down, feed
+it back. It plugs into `generate()` through the public `custom_generate` hook; `IGPTForCausalImageModeling.generate`
+picks it by default on the CPU for the requests it serves exactly (`decoder_covers`): greedy or sampling from a prompt
+without padding, stopping at the length. Every other request (other devices, padding, EOS or custom stopping, beams,
+dict outputs, a cache passed in) goes through transformers' loop unchanged.
 """
 
 import contextlib
+import copy
+import weakref
 
 import torch
 from transformers.cache_utils import Cache, StaticLayer
-from transformers.generation import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers.generation import GenerationConfig, GenerationMode, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.stopping_criteria import MaxLengthCriteria
 
 
@@ -75,36 +77,67 @@ class IGPTPrefixCache(Cache):
 
 def decode_step(model, tokens: torch.LongTensor, cache: IGPTPrefixCache) -> torch.Tensor:
     """Feed one token per image, (B, 1), after the cached ones; return the next-pixel logits (B, vocab - 1)."""
-    return model(tokens, cache=cache, use_cache=True).logits[:, -1]
+    return model(tokens, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
 
-# Compiled once per model structure, with dynamic shapes: the cache length changes every step, the graph does not.
-# A C++ wrapper around the generated kernels: at decode size Python's part of each call is a good share of its time.
-compiled_decode_step = torch.compile(decode_step, fullgraph=True, dynamic=True, options={"cpp_wrapper": True})
+# Compiling the step takes tens of seconds on a small CPU and pays that back only over a long decode: shorter requests
+# run the same decoder eagerly (still without a mask and without `generate()`'s per-step bookkeeping).
+MIN_NEW_TOKENS_TO_COMPILE = 256
+_compiled_steps = weakref.WeakKeyDictionary()  # model -> its compiled step, made on first use
 
-_KNOWN_MODEL_KWARGS = {"cache", "attention_mask", "position_ids", "use_cache", "logits_to_keep"}
+
+def compiled_decode_step(model):
+    """`decode_step` compiled for `model` on first use, with dynamic shapes: the cache length changes every step, the
+    graph does not. A C++ wrapper around the generated kernels: at decode size Python's part of a call counts."""
+    if model not in _compiled_steps:
+        _compiled_steps[model] = torch.compile(decode_step, fullgraph=True, dynamic=True, options={"cpp_wrapper": True})
+    return _compiled_steps[model]
 
 
-def can_decode_images(
-    model,
-    input_ids: torch.LongTensor,
-    stopping_criteria: StoppingCriteriaList,
-    generation_config: GenerationConfig,
-    synced_gpus: bool,
-    model_kwargs: dict,
-) -> bool:
-    """Whether `decode_images` gives exactly what transformers' sampling loop would for this `generate()` request."""
-    position_ids = model_kwargs.get("position_ids")
+_GENERATE_ARGUMENTS = {  # generate()'s own keywords: neither generation-config fields nor model inputs
+    "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model", "streamer",
+    "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate", "trust_remote_code", "tokenizer",
+    "assistant_tokenizer",
+}  # fmt: skip
+
+
+def decoder_covers(model, inputs, generation_config: GenerationConfig | None, kwargs: dict) -> bool:
+    """Whether `model.generate(inputs, generation_config, **kwargs)` is a request `decode_images` serves exactly as
+    transformers' greedy or sampling loop would, on the CPU (where the decoder is the faster of the two).
+
+    Covered: `input_ids` without padding, greedy or multinomial with any logits processors (top-k, top-p, temperature,
+    ...), a streamer, stopping at the length. Everything else goes through transformers' loop: other devices, beams and
+    assisted decoding, dict outputs, EOS, time or custom stopping criteria, padding, a cache passed in, `inputs_embeds`,
+    `use_cache=False`, a cache implementation other than the default or "static", guidance, chunked prefill.
+    """
+    config = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
+    generate_arguments = {key: value for key, value in kwargs.items() if key in _GENERATE_ARGUMENTS}
+    model_inputs = config.update(**{key: value for key, value in kwargs.items() if key not in _GENERATE_ARGUMENTS})
+    attention_mask = model_inputs.pop("attention_mask", None)
+    position_ids = model_inputs.pop("position_ids", None)
+    input_ids = inputs if inputs is not None else model_inputs.pop("input_ids", None)
+    generate_arguments.pop("logits_processor", None), generate_arguments.pop("streamer", None)  # both served
+    stopping_criteria, synced_gpus = generate_arguments.pop("stopping_criteria", None), generate_arguments.pop(
+        "synced_gpus", None
+    )
     return (
         model.device.type == "cpu"
-        and generation_config.cache_implementation == "static"
-        and not generation_config.return_dict_in_generate
+        and not stopping_criteria
         and not synced_gpus
-        and all(type(criterion) is MaxLengthCriteria for criterion in stopping_criteria)  # no EOS, time or custom stop
-        and model_kwargs.get("attention_mask") is None  # no padding
-        and not getattr(model_kwargs.get("cache"), "_is_user_defined", False)
-        and all(value is None for key, value in model_kwargs.items() if key not in _KNOWN_MODEL_KWARGS)
-        and (position_ids is None or bool((position_ids == torch.arange(input_ids.shape[1])).all()))
+        and all(value is None for value in generate_arguments.values())
+        and config.get_generation_mode() in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
+        and not config.return_dict_in_generate
+        and config.use_cache is not False
+        and config.cache_implementation in (None, "static")
+        and config.eos_token_id is None
+        and config.max_time is None
+        and config.stop_strings is None
+        and config.guidance_scale in (None, 1)
+        and config.prefill_chunk_size is None
+        and all(value is None for value in model_inputs.values())  # no cache, inputs_embeds or other model inputs
+        and (input_ids is None or (isinstance(input_ids, torch.Tensor) and input_ids.ndim == 2))  # None: start token
+        and (attention_mask is None or bool(attention_mask.all()))  # no padding
+        and (position_ids is None or bool((position_ids.cpu() == torch.arange(position_ids.shape[-1])).all()))
     )
 
 
@@ -112,15 +145,20 @@ def decode_images(
     model,
     input_ids: torch.LongTensor,
     logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
     generation_config: GenerationConfig,
     streamer=None,
+    **model_kwargs,
 ) -> torch.LongTensor:
     """Continue every sequence of `input_ids` (B, T0) to `generation_config.max_length` tokens; returns (B, max_length).
 
-    Greedy or multinomial, through `logits_processor`, as transformers' `_sample` chooses tokens. The prompt is one
-    eager forward; each later token one call of the compiled step (eager with `disable_compile=True`).
-    `generation_config.compile_config` configures transformers' fixed-shape path and is not used here.
+    A `generate(custom_generate=...)` loop: transformers prepares the request and calls it as it would call `_sample`
+    (generate() hands a callable no streamer, so bind one with `functools.partial(decode_images, streamer=...)`).
+    Greedy or multinomial, through `logits_processor`, as transformers' loop chooses tokens. The prompt is one eager
+    forward; each later token one call of the step, compiled for requests of `MIN_NEW_TOKENS_TO_COMPILE` new tokens or
+    more unless `disable_compile=True`. A request it does not serve exactly (see `decoder_covers`) is a ValueError.
     """
+    check_request(input_ids, stopping_criteria, generation_config, model_kwargs)
     batch, prompt_length = input_ids.shape
     max_length = generation_config.max_length
     positions = model.config.max_position_embeddings
@@ -136,7 +174,8 @@ def decode_images(
     cache = IGPTPrefixCache(model.config, max_cache_len=max_length)
     logits = model(input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, vocab - 1)
 
-    step = decode_step if generation_config.disable_compile else compiled_decode_step
+    compile_step = not generation_config.disable_compile and max_length - prompt_length >= MIN_NEW_TOKENS_TO_COMPILE
+    step = compiled_decode_step(model) if compile_step else decode_step
     compiled_calls = 0
     with contextlib.ExitStack() as guards:
         for position in range(prompt_length, max_length):
@@ -154,11 +193,42 @@ def decode_images(
                 logits = decode_step(model, next_tokens[:, None], cache)
                 continue
             logits = step(model, next_tokens[:, None], cache)
-            compiled_calls += 1
-            if compiled_calls == 2 and step is compiled_decode_step:
+            compiled_calls += compile_step
+            if compiled_calls == 2:
                 # Two calls checked the guards (model, dtypes, a dynamic length); the rest of this loop passes the same
                 # model, the same cache and one more position each time, so checking them again would only cost time.
                 guards.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
     if streamer is not None:
         streamer.end()
     return sequences
+
+
+def check_request(
+    input_ids: torch.LongTensor,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    model_kwargs: dict,
+):
+    """Refuse, by name, what `generate()` prepared that `decode_images` would not serve as transformers' loop does."""
+    problems = []
+    if generation_config.get_generation_mode() not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
+        problems.append(f"generation mode {generation_config.get_generation_mode().value} (greedy or sampling only)")
+    if generation_config.return_dict_in_generate:
+        problems.append("return_dict_in_generate=True")
+    stops = [type(criterion).__name__ for criterion in stopping_criteria if type(criterion) is not MaxLengthCriteria]
+    problems += [f"stopping criterion {name}" for name in stops]
+    if model_kwargs.get("attention_mask") is not None:
+        problems.append("an attention mask with padding")
+    cache = model_kwargs.get("cache")
+    if cache is not None and cache.get_seq_length() > 0:
+        problems.append("a cache that already holds positions")
+    position_ids = model_kwargs.get("position_ids")
+    if position_ids is not None and not bool((position_ids.cpu() == torch.arange(input_ids.shape[1])).all()):
+        problems.append("position_ids other than 0..T-1")
+    problems += [f"model input {key}" for key, value in model_kwargs.items() if key not in SERVED and value is not None]
+    if problems:
+        raise ValueError(f"decode_images does not serve {', '.join(problems)}; call generate() without custom_generate")
+
+
+# What generate() hands its loop that the decoder reads or replaces: its cache, the prompt's positions, logits_to_keep
+SERVED = {"cache", "attention_mask", "position_ids", "use_cache", "logits_to_keep"}

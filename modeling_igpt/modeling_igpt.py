@@ -5,6 +5,7 @@ Conv1D weights stored [in, out], untied `lm_head` with `vocab_size - 1` outputs)
 key for key. This file is shipped to the Hub next to the weights: it imports only torch, transformers and its sibling.
 """
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_igpt import IGPTConfig
-from .generation_igpt import IGPTPrefixCache, can_decode_images, decode_images
+from .generation_igpt import decode_images, decoder_covers
 
 
 # Keywords a forward takes besides its named arguments: transformers' attention kwargs (flash-attention's packed
@@ -378,9 +379,7 @@ class IGPTModel(IGPTPreTrainedModel):
         self.check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_length)
 
         hidden_states = self.embed(input_ids, inputs_embeds, position_ids, bool_masked_pos, past_length)  # (B, T, d)
-        # One new token reading an IGPTPrefixCache sees every key it is handed: no mask needed (nor built when compiled)
-        sees_all_keys = isinstance(cache, IGPTPrefixCache) and attention_mask is None and hidden_states.shape[1] == 1
-        if causal and not sees_all_keys:
+        if causal and not self.sees_every_cached_key(cache, attention_mask, past_length, hidden_states.shape[1]):
             attention_mask = create_causal_mask(
                 config=self.config,
                 inputs_embeds=hidden_states,
@@ -412,7 +411,18 @@ class IGPTModel(IGPTPreTrainedModel):
             attentions=all_attentions,
         )
 
-    def _layer_index(self, layer: int) -> int:
+    @staticmethod
+    def sees_every_cached_key(cache: Cache | None, attention_mask, past_length, query_length: int) -> bool:
+        """Whether one new token, without padding, attends to every key the cache hands back: then no mask is needed
+        (nor built when compiled). True when the cache returns exactly the positions written so far (`get_mask_sizes`
+        says past + 1 keys), as a `DynamicCache` does and a preallocated `StaticCache` does not."""
+        if cache is None or attention_mask is not None or query_length != 1 or isinstance(past_length, torch.Tensor):
+            return False
+        key_length, key_offset = cache.get_mask_sizes(query_length, 0)
+        return key_length == past_length + 1 and key_offset == 0
+
+    def layer_index(self, layer: int) -> int:
+        """Hidden state `layer` (0..L, or -(L+1)..-1 from the end) as an index 0..L; any other is a ValueError."""
         depth = self.config.num_hidden_layers
         if not -(depth + 1) <= layer <= depth:
             raise ValueError(f"Layer {layer} does not exist: the model has hidden states 0..{depth} (or -{depth + 1}..-1)")
@@ -420,7 +430,7 @@ class IGPTModel(IGPTPreTrainedModel):
 
     def normed_hidden_state(self, hidden_state: torch.Tensor, layer: int) -> torch.Tensor:
         """n^l: h^l through the norm that reads it — block l's `ln_1`, or `ln_f` (already applied) for l = L."""
-        layer = self._layer_index(layer)
+        layer = self.layer_index(layer)
         return hidden_state if layer == self.config.num_hidden_layers else self.h[layer].ln_1(hidden_state)
 
     def get_probe_features(
@@ -435,7 +445,7 @@ class IGPTModel(IGPTPreTrainedModel):
         Runs the trunk only as deep as the deepest requested layer. Returns (B, d) for one layer, (B, k*d) for k layers
         with `concat=True`, else (B, k, d).
         """
-        wanted = [self._layer_index(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
+        wanted = [self.layer_index(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
         if not wanted:
             raise ValueError("layers must name at least one hidden state")
         causal_mask = None
@@ -500,8 +510,6 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size - 1, bias=False)
         self.loss_type = "ForCausalLM"
         self.post_init()
-        # `generate()` with no prompt starts from the start token and, by default, draws a whole image.
-        self.generation_config.max_length = config.max_position_embeddings + 1
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
@@ -554,22 +562,25 @@ class IGPTForCausalImageModeling(IGPTPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
-    def _sample(
-        self,
-        input_ids: torch.LongTensor,
-        logits_processor,
-        stopping_criteria,
-        generation_config,
-        synced_gpus: bool = False,
-        streamer=None,
-        **model_kwargs,
-    ):
-        """`generate()`'s greedy and multinomial loop; on the CPU with a static cache, IGPT's own (generation_igpt.py)."""
-        if can_decode_images(self, input_ids, stopping_criteria, generation_config, synced_gpus, model_kwargs):
-            return decode_images(self, input_ids, logits_processor, generation_config, streamer)
-        return super()._sample(
-            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer, **model_kwargs
-        )
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """`GenerationMixin.generate` with two defaults for images, both overridden by what the caller passes:
+
+        - length: with neither `max_length` nor `max_new_tokens` set, a whole image — the start token plus
+          `max_position_embeddings` pixels (`generate()` with no prompt starts from the start token).
+        - loop: on the CPU, a request that IGPT's image decoder serves exactly (greedy or sampling without padding,
+          stopping at the length; `generation_igpt.decoder_covers`) runs it as `custom_generate`; every other request,
+          or `cache_implementation="dynamic"`, goes through transformers' loop.
+        """
+        lengths = [kwargs.get("max_length"), kwargs.get("max_new_tokens")]
+        for config in (generation_config, self.generation_config):
+            if config is not None:
+                lengths += [config.max_length, config.max_new_tokens]
+        if all(length is None for length in lengths):
+            kwargs["max_length"] = self.config.max_position_embeddings + 1
+        if kwargs.get("custom_generate") is None and decoder_covers(self, inputs, generation_config, kwargs):
+            # generate() hands a callable `custom_generate` no streamer (it keeps those of its own loops): bind it here
+            kwargs["custom_generate"] = functools.partial(decode_images, streamer=kwargs.get("streamer"))
+        return super().generate(inputs, generation_config, **kwargs)
 
     def autoregressive_loss(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         """Next-token cross entropy; `labels` of length T (shifted inside) or T + 1 (the token after the last too)."""
@@ -722,7 +733,7 @@ class IGPTForImageClassification(IGPTPreTrainedModel):
         bert = self.config.objective == "bert"
         if bert and bool_masked_pos is None:
             bool_masked_pos = random_bert_mask(reference.shape[:2], self.config.mask_probability, reference.device)
-        layer = self.transformer._layer_index(self.config.classifier_pooled_layer)
+        layer = self.transformer.layer_index(self.config.classifier_pooled_layer)
         pool_last = layer == self.config.num_hidden_layers
         outputs = self.transformer(
             input_ids,

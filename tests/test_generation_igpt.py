@@ -1,15 +1,20 @@
-"""IGPT's CPU image decoder behind `generate(cache_implementation="static")`: same tokens as transformers' loop,
-one compiled graph for every position, fallbacks for what it does not cover, clear errors."""
+"""IGPT's CPU image decoder, the default loop of `generate()` on the CPU (through `custom_generate`): same tokens as
+transformers' loop, one compiled graph for every position, fallbacks for what it does not cover, clear errors."""
 
+import functools
+import logging
 from unittest import mock
 
 import pytest
 import torch
+from transformers import DynamicCache, StaticCache
 from transformers.generation.streamers import BaseStreamer
+from transformers.utils import logging as transformers_logging
 
+import modeling_igpt.generation_igpt as generation
 import modeling_igpt.modeling_igpt as modeling
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling
-from modeling_igpt.generation_igpt import IGPTPrefixCache
+from modeling_igpt.generation_igpt import IGPTPrefixCache, decode_images
 
 
 CLUSTERS = 16
@@ -38,6 +43,15 @@ def spy_on_decoder():
     return mock.patch.object(modeling, "decode_images", wraps=modeling.decode_images)
 
 
+@pytest.fixture
+def compile_short_requests(monkeypatch):
+    """The decoder compiles only long requests; these tiny images are short."""
+    monkeypatch.setattr(generation, "MIN_NEW_TOKENS_TO_COMPILE", 0)
+
+
+TRANSFORMERS_LOOP = dict(cache_implementation="dynamic")  # a public way to keep transformers' loop
+
+
 def test_prefix_cache_returns_the_filled_positions_and_matches_an_uncached_forward():
     model = tiny_model()
     tokens = prompts(2, POSITIONS)
@@ -58,32 +72,45 @@ def test_prefix_cache_returns_the_filled_positions_and_matches_an_uncached_forwa
         cache.crop(3)
 
 
-def test_static_cache_greedy_decoding_is_token_identical_with_one_graph_for_every_length():
+
+def test_default_generate_decodes_token_identically_with_one_graph_for_every_length(compile_short_requests):
     model = tiny_model()
     with spy_on_decoder() as decoder:
         for batch, length in ((3, 1), (2, 12)):  # a whole image, then a completion of a larger prefix
             prompt = prompts(batch, length)
-            expected = model.generate(prompt, max_length=POSITIONS + 1, do_sample=False)  # transformers' loop
+            expected = model.generate(prompt, do_sample=False, **TRANSFORMERS_LOOP)  # not the decoder
             if batch == 2:  # everything about this call was seen before: compiling again would be a bug
                 torch.compiler.set_stance("fail_on_recompile")
             try:
-                decoded = model.generate(prompt, max_length=POSITIONS + 1, do_sample=False, cache_implementation="static")
+                decoded = model.generate(prompt, do_sample=False)  # default settings: the decoder
             finally:
                 torch.compiler.set_stance("default")
             assert torch.equal(decoded, expected)
     assert decoder.call_count == 2
+    assert model in generation._compiled_steps  # compiled on first use, for this model
+    with spy_on_decoder() as decoder:  # the spelling that asked for it before keeps working
+        assert torch.equal(model.generate(prompt, do_sample=False, cache_implementation="static"), decoded)
+    assert decoder.call_count == 1
 
 
-def test_compiled_decoder_sees_new_weights():
+def test_compiled_decoder_sees_new_weights(compile_short_requests):
     """The decoder skips Dynamo's guards after two checked steps; parameters are graph inputs, so updates count."""
     model = tiny_model()
     prompt = prompts(2, 1)
-    model.generate(prompt, do_sample=False, cache_implementation="static")
+    model.generate(prompt, do_sample=False)
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
         model.transformer.h[0].mlp.c_fc.weight.mul_(-1.0)
-    decoded = model.generate(prompt, do_sample=False, cache_implementation="static")
-    assert torch.equal(decoded, model.generate(prompt, do_sample=False))
+    decoded = model.generate(prompt, do_sample=False)
+    assert torch.equal(decoded, model.generate(prompt, do_sample=False, **TRANSFORMERS_LOOP))
+
+
+def test_short_requests_run_the_decoder_eagerly():
+    model = tiny_model()
+    with mock.patch.object(generation, "compiled_decode_step", wraps=generation.compiled_decode_step) as compiled:
+        decoded = model.generate(prompts(2, 3), max_new_tokens=8, do_sample=False)
+    assert compiled.call_count == 0
+    assert torch.equal(decoded, model.generate(prompts(2, 3), max_new_tokens=8, do_sample=False, **TRANSFORMERS_LOOP))
 
 
 def test_sampling_matches_transformers_loop_under_the_same_seed_and_streams_every_token():
@@ -99,16 +126,15 @@ def test_sampling_matches_transformers_loop_under_the_same_seed_and_streams_ever
 
     model = tiny_model()
     prompt = prompts(3, 5)
-    options = dict(do_sample=True, top_k=6, temperature=0.8, max_length=POSITIONS + 1)
+    options = dict(do_sample=True, top_k=6, temperature=0.8)
     torch.manual_seed(7)
-    expected = model.generate(prompt, **options)
+    expected = model.generate(prompt, **options, **TRANSFORMERS_LOOP)
     streamer = Collect()
     torch.manual_seed(7)
     with spy_on_decoder() as decoder:
-        sampled = model.generate(
-            prompt, cache_implementation="static", disable_compile=True, streamer=streamer, **options
-        )
+        sampled = model.generate(prompt, disable_compile=True, streamer=streamer, **options)
     assert decoder.call_count == 1
+    assert sampled.shape == (3, POSITIONS + 1)
     assert torch.equal(sampled, expected)
     assert streamer.ended and torch.equal(torch.cat(streamer.chunks, dim=1), sampled)
 
@@ -119,20 +145,67 @@ def test_sampling_matches_transformers_loop_under_the_same_seed_and_streams_ever
         dict(return_dict_in_generate=True),  # scores, hidden states ... are transformers' business
         dict(max_time=60.0),  # a stopping criterion other than the length
         dict(attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]])),  # padding
+        dict(cache=DynamicCache()),  # a cache the caller wants filled
+        dict(num_beams=2),
+        dict(use_cache=False),
+        TRANSFORMERS_LOOP,
     ],
-    ids=["dict-output", "max-time", "padding"],
+    ids=["dict-output", "max-time", "padding", "cache", "beams", "no-cache", "dynamic-cache"],
 )
 def test_requests_the_decoder_does_not_cover_go_through_transformers(options):
     model = tiny_model()
     prompt = prompts(2, 3)
     with spy_on_decoder() as decoder:
-        output = model.generate(prompt, max_new_tokens=4, do_sample=False, cache_implementation="static", **options)
+        output = model.generate(prompt, max_new_tokens=4, do_sample=False, **options)
     assert decoder.call_count == 0
     sequences = output.sequences if isinstance(output, dict) else output
     assert sequences.shape == (2, 7)
 
 
+def test_decoder_as_custom_generate_refuses_what_it_does_not_serve():
+    model = tiny_model()
+    prompt = prompts(2, 3)
+    padded = dict(attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    with pytest.raises(ValueError, match="attention mask with padding"):
+        model.generate(prompt, max_new_tokens=4, do_sample=False, custom_generate=decode_images, **padded)
+    with pytest.raises(ValueError, match="MaxTimeCriteria"):
+        model.generate(prompt, max_new_tokens=4, do_sample=False, custom_generate=decode_images, max_time=60.0)
+    served = model.generate(prompt, max_new_tokens=4, do_sample=False, custom_generate=decode_images)
+    assert torch.equal(served, model.generate(prompt, max_new_tokens=4, do_sample=False, **TRANSFORMERS_LOOP))
+
+
 def test_too_long_request_is_a_clear_error():
     model = tiny_model()
     with pytest.raises(ValueError, match="Sequence too long"):
-        model.generate(prompts(1, 1), max_length=POSITIONS + 5, cache_implementation="static", disable_compile=True)
+        model.generate(prompts(1, 1), max_length=POSITIONS + 5, disable_compile=True)
+
+
+def test_default_length_is_a_whole_image_and_max_new_tokens_alone_logs_no_length_clash(caplog):
+    model = tiny_model()
+    assert model.generate(do_sample=False).shape == (1, POSITIONS + 1)  # start token + every pixel
+    assert model.generate(prompts(2, 12), do_sample=False).shape == (2, POSITIONS + 1)  # the rest of the image
+    transformers_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            generated = model.generate(prompts(2, 3), max_new_tokens=4, do_sample=False)
+    finally:
+        transformers_logging.disable_propagation()
+    assert generated.shape == (2, 7)
+    assert not [record for record in caplog.records if "max_length" in record.getMessage()]
+
+
+def test_trunk_skips_the_mask_only_for_caches_that_hand_back_exactly_the_filled_positions():
+    model = tiny_model()
+    config = model.config
+    sees_every_key = model.transformer.sees_every_cached_key
+    filled = DynamicCache(config=config)
+    model(prompts(1, 5), cache=filled, use_cache=True)
+    assert sees_every_key(filled, None, 5, 1)
+    assert not sees_every_key(filled, torch.ones(1, 6), 5, 1)  # a mask from the caller is the caller's
+    assert not sees_every_key(filled, None, 5, 2)  # two new tokens: causal among themselves
+    static = StaticCache(config=config, max_cache_len=POSITIONS)
+    model(prompts(1, 5), cache=static, use_cache=True)
+    assert not sees_every_key(static, None, static.get_seq_length(), 1)  # unfilled slots must be masked
+    prefix = IGPTPrefixCache(config, POSITIONS + 1)
+    model(prompts(1, 5), cache=prefix, use_cache=True)
+    assert sees_every_key(prefix, None, 5, 1)
