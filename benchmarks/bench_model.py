@@ -4,7 +4,8 @@ Three jobs, each timed for every model in turn, round after round, so that both 
 
 - training step: forward, next-pixel loss, backward, AdamW step (fused); tokens/s and peak memory;
 - feature extraction: no-grad trunk, the paper's probe feature f^L = mean_i n^L_i; tokens/s;
-- sampling: greedy `generate()` from the start token; new tokens/s, and whether the samples are token-identical.
+- sampling: greedy `generate()` from the start token, default settings on both sides; new tokens/s, and whether the
+  samples are token-identical.
 
 On a GPU the forward runs under bf16 autocast (sampling stays fp32 so greedy samples can be compared token for token),
 IGPT is timed eager and compiled (`torch.compile(fullgraph=True)`; sampling with a static cache and the compiled,
@@ -214,33 +215,35 @@ def summarize_rounds(rates: dict[str, list[float]]) -> dict:
 def bench_sampling(shape: Shape, reference, ours, device: str, plan: Plan) -> dict:
     """Greedy samples of `sample_batch` images, `plan.sample_tokens` tokens each, from the start token, in fp32.
 
-    IGPT runs twice: eager with the default dynamic cache, and with `cache_implementation="static"`, which on the CPU
-    runs IGPT's image decoder (a cache read up to its filled length, one compiled step for every position) and on a GPU
-    transformers' static cache with the compiled, CUDA-graph decode step. The first, compiling call is the warm-up and is
-    reported apart. Rounds alternate the three; each round's ratio to ImageGPT is kept, the median is reported.
+    ImageGPT and IGPT are both called with `generate()`'s default settings (only the length and greedy are given): on
+    the CPU that is IGPT's image decoder (a cache read up to its filled length, one compiled step for every position,
+    picked by `IGPTForCausalImageModeling.generate`), on a GPU transformers' loop. One more IGPT job shows the other
+    path: on the CPU transformers' loop (`cache_implementation="dynamic"`), on a GPU transformers' static cache with
+    the compiled, CUDA-graph decode step. The first call of the compiling job is the warm-up and is reported apart.
+    Rounds alternate the three; each round's ratio to ImageGPT is kept, the median is reported.
     """
     copy_weights(reference, ours)  # training steps moved the two models apart
     reference.eval(), ours.eval()
     start = torch.full((shape.sample_batch, 1), shape.clusters, device=device)
     length = 1 + plan.sample_tokens
-    static = {"cache_implementation": "static"}
-    if device == "cuda":  # the CPU decoder compiles its step its own way
-        static["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
+    if device == "cuda":
+        other_name, other = "igpt_compiled", {"cache_implementation": "static"}
+        other["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
+    else:
+        other_name, other = "igpt_transformers_loop", {"cache_implementation": "dynamic"}
     samples = {}
 
     def job(name, model, **options):
         def sample():
-            samples[name] = model.generate(start, max_length=length, min_length=length, do_sample=False, **options)
+            samples[name] = model.generate(start, max_length=length, do_sample=False, **options)
 
         return sample
 
-    jobs = {
-        "imagegpt": job("imagegpt", reference),
-        "igpt": job("igpt", ours),
-        "igpt_compiled": job("igpt_compiled", ours, **static),
-    }
-    begin = time.perf_counter()  # warm-up at the measured length: the first static-cache call compiles
-    jobs["igpt_compiled"]()
+    jobs = {"imagegpt": job("imagegpt", reference), "igpt": job("igpt", ours)}
+    jobs[other_name] = job(other_name, ours, **other)
+    compiling = "igpt_compiled" if device == "cuda" else "igpt"
+    begin = time.perf_counter()  # warm-up at the measured length: the first call compiles
+    jobs[compiling]()
     compile_s = time.perf_counter() - begin
     rates = {name: [] for name in jobs}
     for _ in range(plan.sample_rounds):
@@ -251,8 +254,8 @@ def bench_sampling(shape: Shape, reference, ours, device: str, plan: Plan) -> di
             synchronize(device)
             rates[name].append(shape.sample_batch * plan.sample_tokens / (time.perf_counter() - begin))
     results = summarize_rounds(rates)
-    results["igpt_compiled"]["first_call_s"] = compile_s
-    for name in ("igpt", "igpt_compiled"):
+    results[compiling]["first_call_s"] = compile_s
+    for name in jobs.keys() - {"imagegpt"}:
         same_images = (samples[name] == samples["imagegpt"]).all(dim=1)
         results[name]["token_identical_images"] = f"{int(same_images.sum())}/{shape.sample_batch}"
     return results
@@ -337,7 +340,7 @@ def print_shape(result: dict, device_name: str):
             continue
         timings = result[job]
         baseline = timings["imagegpt"]
-        for name in ("imagegpt", "igpt", "igpt_compiled"):
+        for name in ("imagegpt", "igpt", "igpt_compiled", "igpt_transformers_loop"):
             if name not in timings:
                 continue
             timing = timings[name]

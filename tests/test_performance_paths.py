@@ -26,12 +26,31 @@ def fast_compile(monkeypatch):
 
 def test_every_job_is_timed_and_greedy_samples_match_imagegpt(fast_compile):
     result = bench_model.bench_shape(TINY, "cpu", ONE_ROUND, peak_flops=1e9, compile_ours=True)
-    for job in ("training", "features", "sampling"):
+    for job in ("training", "features"):
         for name in ("imagegpt", "igpt", "igpt_compiled"):
             assert result[job][name]["tokens_per_s"] > 0
     assert 0 < result["training"]["igpt"]["mfu"]
-    for name in ("igpt", "igpt_compiled"):
+    # Sampling on the CPU: both sides on default settings (IGPT's image decoder), and IGPT in transformers' loop
+    for name in ("igpt", "igpt_transformers_loop"):
+        assert result["sampling"][name]["tokens_per_s"] > 0
         assert result["sampling"][name]["token_identical_images"] == f"{TINY.sample_batch}/{TINY.sample_batch}"
+    assert "first_call_s" in result["sampling"]["igpt"]
+
+
+def test_sampling_times_both_models_on_default_generate_settings(monkeypatch):
+    """The comparison the README reports: no option on either side but the length and greedy decoding."""
+    calls = []
+    reference, ours = bench_model.build_pair(TINY, "cpu")
+    for name, model in (("imagegpt", reference), ("igpt", ours)):
+
+        def recorded(*args, _generate=model.generate, _name=name, **kwargs):
+            calls.append((_name, kwargs))
+            return _generate(*args, **kwargs)
+
+        monkeypatch.setattr(model, "generate", recorded)
+    bench_model.bench_sampling(TINY, reference, ours, "cpu", ONE_ROUND)
+    options = {(name, tuple(sorted(kwargs))) for name, kwargs in calls if "cache_implementation" not in kwargs}
+    assert options == {("imagegpt", ("do_sample", "max_length")), ("igpt", ("do_sample", "max_length"))}
 
 
 def test_model_flops_count_matmul_weights_and_attention():
