@@ -54,14 +54,16 @@ def main():
             "--learning_rate", "3e-3", "--warmup_steps", "0.05", "--save_strategy", "no", "--logging_steps", "40",
         ],
     )
+    probe_started = time.time()
     probe = step(
-        "3. Linear probes on every layer's features (and the low-data setting)",
+        "3. Linear probes on every layer's features (and the low-data setting), beside raw pixels and random init",
         run_linear_probe,
         DIGITS + seed + [
             "--model_name_or_path", f"{out}/pretrained", "--output_dir", f"{out}/probe",
-            "--low_data_labels_per_class", "4,25",
+            "--low_data_labels_per_class", "4,25", "--baselines", "raw_pixels,random_init",
         ],
     )
+    probe_seconds = round(time.time() - probe_started, 1)
     classification = step(
         "4. Fine-tune the pretrained model for classification (L_clf + L_gen, early stopping)",
         run_image_classification,
@@ -91,6 +93,11 @@ def main():
             "best_layer_test_accuracy": probe["best_layer_test_accuracy"],
             "concat_test_accuracy": probe.get("concat_test_accuracy"),
             "low_data": {entry["labels_per_class"]: {"mean": entry["mean"], "std": entry["std"]} for entry in probe["low_data"]},
+            "raw_pixels_test_accuracy": probe["raw_pixels_test_accuracy"],
+            "raw_pixels_low_data": {e["labels_per_class"]: {"mean": e["raw_pixels_mean"], "std": e["raw_pixels_std"]} for e in probe["low_data"]},
+            "random_init_test_accuracy_per_layer": probe["random_init_test_accuracy_by_layer"],
+            "random_init_best_test_accuracy": probe["random_init_best_test_accuracy"],
+            "seconds": probe_seconds,
         },
         "classification": {key: classification[key] for key in ("eval_accuracy", "test_accuracy")},
         "files": {
@@ -104,12 +111,17 @@ def main():
         json.dump(metrics, file, indent=2)
 
     probe_line = ", ".join(f"{layer}: {acc:.3f}" for layer, acc in metrics["probe"]["test_accuracy_per_layer"].items())
-    low_data = ", ".join(f"{n}/class {r['mean']:.3f}±{r['std']:.3f}" for n, r in metrics["probe"]["low_data"].items())
+    low_data = ", ".join(
+        f"{n}/class {r['mean']:.3f}±{r['std']:.3f} (raw pixels {metrics['probe']['raw_pixels_low_data'][n]['mean']:.3f})"
+        for n, r in metrics["probe"]["low_data"].items()
+    )
     print(
         f"\n=== Summary ({metrics['wall_time_seconds'] / 60:.1f} min)\n"
         f"pretraining      validation {pretraining['eval_bits_per_dim']:.3f} bits/dim\n"
         f"linear probe     test accuracy by layer {{{probe_line}}}; best layer {probe['best_layer']}"
         f" -> {probe['best_layer_test_accuracy']:.3f} (chance {probe['chance_accuracy']:.2f})\n"
+        f"baselines        raw pixels {probe['raw_pixels_test_accuracy']:.3f}; random-init model, best layer"
+        f" {probe['random_init_best_test_accuracy']:.3f} (probe step with baselines: {probe_seconds:.0f} s)\n"
         f"low-data probe   {low_data}\n"
         f"fine-tuning      test accuracy {classification['test_accuracy']:.3f}\n"
         f"files            {out}/metrics.json, {metrics['files']['probe_plot']}, "
