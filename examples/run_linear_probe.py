@@ -41,6 +41,7 @@ from transformers import HfArgumentParser, set_seed  # noqa: E402
 from data import DataArguments, ImageTokenizer, load_image_splits, model_inputs  # noqa: E402
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling  # noqa: E402
 from modeling_igpt.modeling_igpt import random_bert_mask  # noqa: E402
+from training import check_local_folder  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def plot_accuracy(results: dict, path: str):
 
 def main(argv: list[str] | None = None) -> dict:
     probe_args, data_args = HfArgumentParser((ProbeArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
+    check_local_folder(probe_args.model_name_or_path, "--model_name_or_path")
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     set_seed(probe_args.seed)
     progress = not probe_args.disable_tqdm

@@ -24,6 +24,7 @@ from transformers import HfArgumentParser, set_seed
 from data import DataArguments, ImageTokenizer, load_image_splits
 from image_processing import make_image_grid
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling
+from training import check_local_folder
 
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def generate(model, prompts: torch.LongTensor, length: int, args: SamplingArgume
 
 def main(argv: list[str] | None = None) -> dict:
     sampling_args, data_args = HfArgumentParser((SamplingArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
+    check_local_folder(sampling_args.model_name_or_path, "--model_name_or_path")
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     if sampling_args.num_completions and not data_args.has_source:
         raise ValueError("--num_completions needs images: give --dataset_name, --train_file or --train_dir.")

@@ -449,6 +449,12 @@ def test_a_missing_local_model_folder_is_named(scripts, tmp_path, monkeypatch):
                          ("vqvae", "--model_name_or_path")]:  # fmt: skip
         with pytest.raises(ValueError, match=f"{flag} {missing}: no such folder"):
             scripts[script].main(["--dataset_name", "digits", flag, missing, *output])
+    import run_linear_probe
+    import run_sampling
+
+    for script in (run_linear_probe, run_sampling):
+        with pytest.raises(ValueError, match=f"--model_name_or_path {missing}: no such folder"):
+            script.main(["--dataset_name", "digits", "--model_name_or_path", missing, *output])
     # with the Hub switched on: local-looking paths are still named, `owner/name` ids go to the Hub
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     for path in (missing, "./runs/model", "runs/2024/model"):
