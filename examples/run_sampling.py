@@ -61,6 +61,10 @@ class SamplingArguments:
             raise ValueError(f"--top_p must lie in (0, 1], got {self.top_p}")
         if self.num_samples < 0 or self.num_completions < 0 or self.completions_per_image < 1:
             raise ValueError("--num_samples and --num_completions must be >= 0, --completions_per_image >= 1")
+        if self.num_samples == 0 and self.num_completions == 0:
+            raise ValueError("Nothing to sample: --num_samples and --num_completions are both 0")
+        if self.batch_size < 1 or self.display_scale < 1:
+            raise ValueError("--batch_size and --display_scale must be >= 1")
 
 
 @torch.no_grad()

@@ -64,6 +64,18 @@ class IGPTVQVAEConfig(PreTrainedConfig):
         dead_code_noise: float = 0.01,
         **kwargs,
     ):
+        positive = ("image_size", "latent_size", "num_channels", "hidden_size", "residual_hidden_size", "codebook_size")
+        values = dict(zip(positive, (image_size, latent_size, num_channels, hidden_size, residual_hidden_size, codebook_size)))
+        problems = [f"{name} must be a positive integer, got {value!r}" for name, value in values.items()
+                    if not isinstance(value, int) or value < 1]  # fmt: skip
+        if not isinstance(num_residual_layers, int) or num_residual_layers < 0:
+            problems.append(f"num_residual_layers must be an integer >= 0, got {num_residual_layers!r}")
+        for name, value in (("commitment_cost", commitment_cost), ("ema_epsilon", ema_epsilon),
+                            ("dead_code_threshold", dead_code_threshold), ("dead_code_noise", dead_code_noise)):  # fmt: skip
+            if not value >= 0:  # also refuses NaN
+                problems.append(f"{name} must be >= 0, got {value!r}")
+        if problems:
+            raise ValueError("Invalid IGPTVQVAEConfig: " + "; ".join(problems))
         factor = image_size // latent_size
         if image_size % latent_size or factor < 2 or factor & (factor - 1):
             raise ValueError(

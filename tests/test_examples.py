@@ -63,6 +63,21 @@ def pretrained(tmp_path_factory) -> Path:
 # --- Pretraining -----------------------------------------------------------------------------------------------------
 
 
+def load_training_args(path):
+    """Trainer's training_args.bin, read with weights_only=True: only the classes a TrainingArguments pickle names."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+    from transformers import TrainingArguments
+    from transformers.trainer_pt_utils import AcceleratorConfig
+    from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    allowed = [TrainingArguments, SchedulerType, OptimizerNames, IntervalStrategy, SaveStrategy, HubStrategy,
+               AcceleratorConfig, PartialState, DistributedType]  # fmt: skip
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, weights_only=True)
+
+
 def test_pretraining_lowers_validation_loss_and_saves_model_processor_and_card(pretrained):
     history = read_json(pretrained / "trainer_state.json")["log_history"]
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
@@ -78,7 +93,7 @@ def test_pretraining_lowers_validation_loss_and_saves_model_processor_and_card(p
     tokenizer = ImageTokenizer.from_pretrained(str(pretrained))
     assert tokenizer.num_tokens <= 8 and model.config.vocab_size == tokenizer.vocab_size
     assert model.config.max_position_embeddings == 64
-    training_args = torch.load(pretrained / "training_args.bin", weights_only=False)
+    training_args = load_training_args(pretrained / "training_args.bin")
     assert (training_args.adam_beta2, training_args.weight_decay) == (0.95, 0.0)  # paper, Appendix A.1
     assert training_args.lr_scheduler_type == "cosine"
     assert "igpt" in (pretrained / "README.md").read_text()

@@ -488,3 +488,19 @@ def test_run_vqvae_resumes_from_the_last_complete_checkpoint_with_true(tmp_path)
     state = json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [(["--num_samples", "0"], "Nothing to sample"), (["--batch_size", "0"], "--batch_size and --display_scale"),
+     (["--temperature", "0"], "--temperature must be positive")],
+)  # fmt: skip
+def test_sampling_arguments_that_would_do_nothing_or_divide_by_zero_are_refused(tmp_path, argv, problem):
+    from transformers import HfArgumentParser
+
+    from run_sampling import SamplingArguments
+
+    with pytest.raises(ValueError, match=problem):
+        HfArgumentParser(SamplingArguments).parse_args_into_dataclasses(
+            ["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "out"), *argv]
+        )

@@ -89,6 +89,16 @@ def test_config_rejects_sizes_that_are_not_a_power_of_two_above_the_latent_grid(
             IGPTVQVAEConfig(image_size=image_size)
 
 
+@pytest.mark.parametrize(
+    "overrides, named",
+    [({"latent_size": 0}, "latent_size"), ({"codebook_size": 0}, "codebook_size"), ({"hidden_size": -4}, "hidden_size"),
+     ({"num_residual_layers": -1}, "num_residual_layers"), ({"commitment_cost": float("nan")}, "commitment_cost")],
+)  # fmt: skip
+def test_config_refuses_non_positive_sizes_by_name(overrides, named):
+    with pytest.raises(ValueError, match=f"Invalid IGPTVQVAEConfig: {named}"):  # latent_size=0 was a ZeroDivisionError
+        IGPTVQVAEConfig(**overrides)
+
+
 def test_ema_moves_used_codes_to_the_mean_of_their_data_and_eval_leaves_them_alone():
     config = tiny_config(codebook_size=4, hidden_size=2, ema_decay=0.9, dead_code_threshold=0.0)
     quantizer = IGPTVQVAEQuantizer(config).train()
