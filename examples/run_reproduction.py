@@ -41,15 +41,16 @@ import run_pretraining  # noqa: E402
 
 # Each preset: the model and palette, the pretraining budget (steps, split into `checkpoints` equal parts), and the
 # probes (`checkpoint_probe_train_samples` labelled images for the per-checkpoint probes, `probe_train_samples` for the
-# final one and its baselines, 0 = all of train less validation; `probe_eval_samples` validation and test images for the
-# final probe, 0 = all).
+# final one and its baselines, 0 = all of train less validation). Probes always see every validation and test image:
+# `--max_eval_samples` keeps the *first* N, and a test file sorted by class (this project's CIFAR-10 parquet is) would
+# then hold only a few classes. `max_eval_samples` bounds only the pretraining evaluations (bits/dim).
 PRESETS = {
     # Test-sized: seconds on a CPU, on scikit-learn's bundled 8x8 digits or any small dataset.
     "tiny": {
         "image_size": 8, "n_clusters": 8, "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
         "max_steps": 48, "checkpoints": 3, "per_device_train_batch_size": 32, "learning_rate": 3e-3,
         "palette_max_pixels": 20000, "max_eval_samples": 200,
-        "checkpoint_probe_train_samples": 600, "probe_train_samples": 0, "probe_eval_samples": 0, "regularization": "0.1,1",
+        "checkpoint_probe_train_samples": 600, "probe_train_samples": 0, "regularization": "0.1,1",
         "max_iter": 200,
         "batch_size": 128,
     },
@@ -58,8 +59,7 @@ PRESETS = {
         "image_size": 16, "n_clusters": 64, "num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4,
         "max_steps": 702, "checkpoints": 3, "per_device_train_batch_size": 64, "learning_rate": 3e-3,
         "palette_max_pixels": 500000, "max_eval_samples": 2000,
-        "checkpoint_probe_train_samples": 5000, "probe_train_samples": 20000, "probe_eval_samples": 0,
-        "regularization": "0.01,0.1,1",
+        "checkpoint_probe_train_samples": 5000, "probe_train_samples": 20000, "regularization": "0.01,0.1,1",
         "max_iter": 300, "batch_size": 256,
     },
     # At most 10 minutes of one H100/H200 for pretraining at the paper's 32x32 and 512 colours (not yet measured).
@@ -67,8 +67,7 @@ PRESETS = {
         "image_size": 32, "n_clusters": 512, "num_hidden_layers": 8, "hidden_size": 512, "num_attention_heads": 8,
         "max_steps": 6000, "checkpoints": 4, "per_device_train_batch_size": 128, "learning_rate": 3e-3,
         "palette_max_pixels": 2000000, "max_eval_samples": 5000,
-        "checkpoint_probe_train_samples": 10000, "probe_train_samples": 0, "probe_eval_samples": 0,
-        "regularization": "0.001,0.01,0.1,1",
+        "checkpoint_probe_train_samples": 10000, "probe_train_samples": 0, "regularization": "0.001,0.01,0.1,1",
         "max_iter": 1000, "batch_size": 512,
     },
 }
@@ -195,7 +194,6 @@ def main(argv: list[str] | None = None) -> dict:
             common + probe_settings + [
                 "--model_name_or_path", folder, "--output_dir", f"{out}/checkpoint_probes/step-{at}",
                 "--max_train_samples", str(settings["checkpoint_probe_train_samples"]),
-                "--max_eval_samples", str(settings["max_eval_samples"]),
             ],
         )  # fmt: skip
         checkpoints.append({
@@ -203,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
             "validation_bits_per_dim": bits[at],
             "best_layer": probe["best_layer"],
             "best_layer_probe_accuracy": probe["best_layer_test_accuracy"],
+            "best_layer_probe_validation_accuracy": probe["best_layer_validation_accuracy"],
+            "num_probe_images": {"train": probe["num_train"], "validation": probe["num_validation"], "test": probe["num_test"]},
             "probe_test_accuracy_by_layer": by_layer(probe["layers"], "test_accuracy"),
             "seconds": probe_seconds,
         })  # fmt: skip
@@ -215,7 +215,6 @@ def main(argv: list[str] | None = None) -> dict:
             "--model_name_or_path", pretrained, "--output_dir", f"{out}/probe", "--baselines", "raw_pixels,random_init",
         ]
         + (["--max_train_samples", str(settings["probe_train_samples"])] if settings["probe_train_samples"] else [])
-        + (["--max_eval_samples", str(settings["probe_eval_samples"])] if settings["probe_eval_samples"] else [])
         + (["--low_data_labels_per_class", args.low_data_labels_per_class] if args.low_data_labels_per_class else []),
     )  # fmt: skip
     shutil.copy(f"{out}/probe/probe_accuracy.png", f"{out}/probe_accuracy.png")

@@ -83,6 +83,9 @@ def test_checkpoints_follow_training_and_their_bits_per_dim_come_from_the_traine
         assert (output / "pretrained" / f"checkpoint-{point['step']}" / "model.safetensors").exists()
         probe = json.loads((output / "checkpoint_probes" / f"step-{point['step']}" / "probe_results.json").read_text())
         assert point["best_layer_probe_accuracy"] == probe["best_layer_test_accuracy"]
+        # Every test image, not the first max_eval_samples ones (a class-sorted test file would lose classes).
+        assert probe["num_test"] == point["num_probe_images"]["test"] == results["num_images"]["test"] == 360
+        assert probe["num_train"] == results["settings"]["checkpoint_probe_train_samples"]
     assert checkpoints[-1]["validation_bits_per_dim"] < checkpoints[0]["validation_bits_per_dim"]  # training lowers it
     assert results["final_validation_bits_per_dim"] == pytest.approx(checkpoints[-1]["validation_bits_per_dim"])
 
