@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metrics = train_and_evaluate(trainer, checkpoint, tokenizer, splits.skipped_metrics)
 
     if model_args.model_name_or_path is None:  # the card then says "trained from scratch", not "fine-tuned from []"
-        model.config._name_or_path = training_args.output_dir
+        model.config.name_or_path = training_args.output_dir
     card = {
         "model_name": os.path.basename(os.path.normpath(training_args.output_dir)),
         "finetuned_from": model_args.model_name_or_path,

@@ -39,7 +39,7 @@ def tokenizer_num_tokens(processor, vqvae=None) -> int | None:
 
 def _source(path, obj) -> str:
     """" (PATH)" naming where `obj` came from, or "" when nobody said."""
-    path = path if path is not None else getattr(obj, "name_or_path", None) or getattr(obj, "_name_or_path", None)
+    path = path if path is not None else getattr(obj, "name_or_path", None)
     return f" ({os.fspath(path)})" if path else ""
 
 
