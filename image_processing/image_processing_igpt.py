@@ -254,6 +254,11 @@ _MAX_COLOUR_TABLES = 4
 _TABLE_MIN_PIXELS = 1 << 16
 
 
+def clear_colour_tables() -> None:
+    """Forget every palette's colour table (frees up to 4 x 32 MB; the next large batch starts a palette's first pass)."""
+    _COLOUR_TABLES.clear()
+
+
 def _colour_table(levels: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     key = hashlib.sha1(levels.tobytes() + clusters.tobytes()).digest()
     if key not in _COLOUR_TABLES:

@@ -470,3 +470,16 @@ def test_pipelines_with_an_igpt_model():
     extractor = pipeline("image-feature-extraction", model=IGPTModel(config).eval(), image_processor=processor)
     features = np.asarray(extractor(image))
     assert features.shape == (1, 64, 32)
+
+
+def test_clear_colour_tables_forgets_the_tables_and_keeps_the_ids():
+    from image_processing import image_processing_igpt
+
+    rng = np.random.default_rng(0)
+    processor = IGPTImageProcessor(clusters=rng.uniform(-1, 1, (16, 3)), size={"height": 32, "width": 32})
+    images = list(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))  # 65,536 pixels: large enough for a table
+    before = processor(images, return_tensors="np")["input_ids"]
+    assert len(image_processing_igpt._COLOUR_TABLES) >= 1
+    image_processing_igpt.clear_colour_tables()
+    assert len(image_processing_igpt._COLOUR_TABLES) == 0
+    np.testing.assert_array_equal(processor(images, return_tensors="np")["input_ids"], before)
