@@ -473,8 +473,6 @@ def test_pipelines_with_an_igpt_model():
 
 
 def test_clear_colour_tables_forgets_the_tables_and_keeps_the_ids():
-    from image_processing import image_processing_igpt
-
     rng = np.random.default_rng(0)
     processor = IGPTImageProcessor(clusters=rng.uniform(-1, 1, (16, 3)), size={"height": 32, "width": 32})
     images = list(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))  # 65,536 pixels: large enough for a table
