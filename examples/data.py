@@ -207,7 +207,9 @@ def load_image_splits(
     if with_labels:
         label_column = find_column(train, data_args.label_column_name, LABEL_COLUMNS, datasets.ClassLabel, "label")
         splits, label_names = encode_labels(splits, label_column)
-    stratify = label_column if label_column is not None else None
+    # The same held-out rows whether or not a script reads labels: pretraining and the probe must agree on what
+    # validation is, so a labelled dataset is split by its class column either way.
+    stratify = label_column if label_column is not None else class_column(train, data_args.label_column_name)
 
     if with_test and "test" not in splits:
         logger.warning("The data has no test split: holding out %.0f%% of train as test.", data_args.validation_split_percentage)
@@ -226,10 +228,20 @@ def load_image_splits(
     if data_args.max_eval_samples is not None:
         for name in ("validation", "test"):
             if name in splits:
-                splits[name] = splits[name].select(range(min(data_args.max_eval_samples, len(splits[name]))))
+                # a seeded random subset, not the first rows: a file sorted by class would give a few classes only
+                subset = splits[name].shuffle(seed=seed).select(range(min(data_args.max_eval_samples, len(splits[name]))))
+                splits[name] = subset
     keep = [image_column] + ([label_column] if label_column else [])
     splits = datasets.DatasetDict({name: split.select_columns(keep) for name, split in splits.items()})
     return ImageSplits(splits, image_column, label_column, label_names, skipped)
+
+
+def class_column(dataset: datasets.Dataset, wanted: str | None) -> str | None:
+    """The dataset's ClassLabel column (`wanted`, else the first of LABEL_COLUMNS), or None when it has none."""
+    for name in [wanted] if wanted is not None else LABEL_COLUMNS:
+        if isinstance(dataset.features.get(name), datasets.ClassLabel):
+            return name
+    return None
 
 
 def check_images(

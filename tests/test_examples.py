@@ -312,5 +312,26 @@ def test_digits_splits_follow_the_paper_protocol():
         load_image_splits(DataArguments(dataset_name="digits", label_column_name="digit"), with_labels=True)
 
 
+def test_pretraining_and_probe_hold_out_the_same_validation_images_and_eval_subsets_span_the_classes(tmp_path):
+    import numpy as np
+
+    from data import digits_dataset
+
+    def pixels(split):
+        return {np.asarray(image).tobytes() for image in split["image"]}
+
+    unlabelled = load_image_splits(DataArguments(dataset_name="digits"), seed=3)  # what pretraining reads
+    labelled = load_image_splits(DataArguments(dataset_name="digits"), seed=3, with_labels=True, with_test=True)
+    assert pixels(unlabelled.splits["validation"]) == pixels(labelled.splits["validation"])
+
+    digits = digits_dataset()  # a test file sorted by class, as this project's CIFAR-10 test parquet is
+    digits["train"].to_parquet(str(tmp_path / "train.parquet"))
+    digits["test"].sort("label").to_parquet(str(tmp_path / "test.parquet"))
+    files = dict(train_file=str(tmp_path / "train.parquet"), test_file=str(tmp_path / "test.parquet"))
+    subset = load_image_splits(DataArguments(**files, max_eval_samples=50), with_labels=True, with_test=True)
+    assert len(subset.splits["test"]) == 50
+    assert len(set(subset.splits["test"]["label"])) >= 8  # the first 50 rows would hold 2 classes
+
+
 def test_bits_per_dim_is_nats_over_ln2():
     assert bits_per_dim(math.log(256)) == pytest.approx(8.0)
