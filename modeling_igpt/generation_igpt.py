@@ -137,8 +137,13 @@ def decoder_covers(model, inputs, generation_config: GenerationConfig | None, kw
         and all(value is None for value in model_inputs.values())  # no cache, inputs_embeds or other model inputs
         and (input_ids is None or (isinstance(input_ids, torch.Tensor) and input_ids.ndim == 2))  # None: start token
         and (attention_mask is None or bool(attention_mask.all()))  # no padding
-        and (position_ids is None or bool((position_ids.cpu() == torch.arange(position_ids.shape[-1])).all()))
+        and default_positions(position_ids, position_ids.shape[-1] if position_ids is not None else 0)
     )
+
+
+def default_positions(position_ids: torch.LongTensor | None, length: int) -> bool:
+    """Whether `position_ids` are absent or 0..length-1 for every row (what the decoder assumes)."""
+    return position_ids is None or bool((position_ids.cpu() == torch.arange(length)).all())
 
 
 def decode_images(
@@ -223,7 +228,7 @@ def check_request(
     if cache is not None and cache.get_seq_length() > 0:
         problems.append("a cache that already holds positions")
     position_ids = model_kwargs.get("position_ids")
-    if position_ids is not None and not bool((position_ids.cpu() == torch.arange(input_ids.shape[1])).all()):
+    if not default_positions(position_ids, input_ids.shape[1]):
         problems.append("position_ids other than 0..T-1")
     problems += [f"model input {key}" for key, value in model_kwargs.items() if key not in SERVED and value is not None]
     if problems:
