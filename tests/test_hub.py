@@ -23,6 +23,9 @@ from sklearn.datasets import load_sample_images
 from hub_cards import publish
 from image_processing import IGPTImageProcessor
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageClassification, IGPTForMaskedImageModeling
+from test_model_tokenizer_fit import MISFITS  # the mismatched model/processor pairs, one table
+from test_model_tokenizer_fit import config as fit_config
+from test_model_tokenizer_fit import processor as palette_processor
 
 
 CLUSTERS, HEIGHT, WIDTH = 8, 6, 6
@@ -227,23 +230,11 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out3").exists()  # nothing written before the checks
 
 
-@pytest.mark.parametrize(
-    "model_shape, processor_shape, match",
-    [
-        ((8, 8, 16), (4, 4, 16), r"max_position_embeddings=64 but the tokenizer makes 4x4 images = 16 tokens"),
-        ((8, 8, 16), (8, 8, 8), r"vocab_size=17 \(16 colours \+ 1 start token\) but the tokenizer has 8 colours"),
-    ],
-    ids=["8x8 model, 4x4 processor", "16-colour model, 8-colour palette"],
-)
-def test_publish_refuses_a_processor_that_does_not_fit_the_model(tmp_path, model_shape, processor_shape, match):
-    (height, width, clusters), (p_height, p_width, p_clusters) = model_shape, processor_shape
-    model = IGPTForCausalImageModeling(IGPTConfig(
-        vocab_size=clusters + 1, max_position_embeddings=height * width, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=2,
-    ))
-    palette = np.random.default_rng(0).uniform(-1, 1, (p_clusters, 3))
-    processor = IGPTImageProcessor(clusters=palette, size={"height": p_height, "width": p_width})
-    folder = checkpoint(tmp_path / "ckpt", model, processor)
+@pytest.mark.parametrize("misfit", list(MISFITS))
+def test_publish_refuses_a_processor_that_does_not_fit_the_model(tmp_path, misfit):
+    model_shape, processor_shape, match = MISFITS[misfit]
+    model = IGPTForCausalImageModeling(fit_config(*model_shape))
+    folder = checkpoint(tmp_path / "ckpt", model, palette_processor(*processor_shape))
     with pytest.raises(ValueError, match=match) as error:
         assemble(folder, tmp_path / "out", "org/x")
     assert str(folder / "config.json") in str(error.value) and str(folder / "preprocessor_config.json") in str(error.value)

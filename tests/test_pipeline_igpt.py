@@ -10,6 +10,9 @@ from sklearn.datasets import load_sample_images
 from image_processing import IGPTImageProcessor
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling
 from modeling_igpt.pipeline_igpt import TASK, IGPTImageGenerationPipeline
+from test_model_tokenizer_fit import MISFITS  # the mismatched model/processor pairs, one table
+from test_model_tokenizer_fit import config as fit_config
+from test_model_tokenizer_fit import processor as palette_processor
 
 
 CLUSTERS, HEIGHT, WIDTH = 8, 6, 6
@@ -94,25 +97,12 @@ def test_bad_setups_raise_clear_errors(pipe):
         pipe(num_images=1, prompt_fraction=1.5)
 
 
-@pytest.mark.parametrize(
-    "model_shape, processor_shape, match",
-    [
-        ((8, 8, 16), (4, 4, 16), r"max_position_embeddings=64 but the tokenizer makes 4x4 images = 16 tokens"),
-        ((8, 8, 16), (16, 16, 16), r"max_position_embeddings=64 but the tokenizer makes 16x16 images = 256 tokens"),
-        ((8, 8, 16), (8, 8, 8), r"vocab_size=17 \(16 colours \+ 1 start token\) but the tokenizer has 8 colours"),
-    ],
-    ids=["8x8 model, 4x4 processor", "8x8 model, 16x16 processor", "16-colour model, 8-colour palette"],
-)
-def test_a_processor_that_does_not_fit_the_model_is_refused(model_shape, processor_shape, match):
-    (height, width, clusters), (p_height, p_width, p_clusters) = model_shape, processor_shape
-    model = IGPTForCausalImageModeling(IGPTConfig(
-        vocab_size=clusters + 1, max_position_embeddings=height * width, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=2,
-    ))
-    palette = np.random.default_rng(0).uniform(-1, 1, (p_clusters, 3))
-    processor = IGPTImageProcessor(clusters=palette, size={"height": p_height, "width": p_width})
+@pytest.mark.parametrize("misfit", list(MISFITS))
+def test_a_processor_that_does_not_fit_the_model_is_refused(misfit):
+    model_shape, processor_shape, match = MISFITS[misfit]
+    model = IGPTForCausalImageModeling(fit_config(*model_shape))
     with pytest.raises(ValueError, match=match):
-        IGPTImageGenerationPipeline(model=model, image_processor=processor, device=-1)
+        IGPTImageGenerationPipeline(model=model, image_processor=palette_processor(*processor_shape), device=-1)
 
 
 @pytest.mark.parametrize("keyword", ["max_length", "max_new_tokens", "min_length", "input_ids", "attention_mask"])
