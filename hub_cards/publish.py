@@ -83,7 +83,7 @@ def check_checkpoint(folder: Path):
     if not (folder / "preprocessor_config.json").is_file():
         raise FileNotFoundError(
             f"{folder} has no preprocessor_config.json: the image processor (its colour palette) must ship with the "
-            "model. Fit one with `python -m image_processing.fit_palette` and save_pretrained it into the checkpoint."
+            "model. Fit one with `python -m image_processing` and save_pretrained it into the checkpoint."
         )
 
 

@@ -1,6 +1,7 @@
 """fit_palette: k-means quality, determinism, input kinds, few-colour data, engines, command line."""
 
 import json
+import subprocess
 import sys
 import warnings
 
@@ -12,7 +13,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits, load_sample_images
 
 from image_processing import IGPTImageProcessor, fit_palette
-from image_processing.fit_palette import main as fit_palette_cli
+from image_processing.__main__ import main as fit_palette_cli
 from image_processing.palette import colour_counts, nearest_centres
 
 
@@ -190,11 +191,13 @@ def test_command_line_writes_a_processor_folder(tmp_path, photos):
     assert np.array_equal(loaded.clusters, expected.clusters)
 
 
-def test_command_line_module_does_not_shadow_the_function():
-    import importlib
+def test_command_line_runs_as_python_m_image_processing(tmp_path):
+    """`python -m image_processing` is the command line; `image_processing.fit_palette` stays the function."""
     import types
 
     import image_processing
 
-    importlib.import_module("image_processing.fit_palette")
     assert isinstance(image_processing.fit_palette, types.FunctionType)
+    result = subprocess.run([sys.executable, "-m", "image_processing", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--train_file" in result.stdout and "python -m image_processing" in result.stdout

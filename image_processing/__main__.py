@@ -1,8 +1,8 @@
 """Fit a k-means colour palette on a dataset and write an IGPTImageProcessor folder.
 
-    python -m image_processing.fit_palette --train_file ../shared/data/cifar10/train.parquet --output_dir palette
-    python -m image_processing.fit_palette --train_dir path/to/imagefolder --output_dir palette --size 32
-    python -m image_processing.fit_palette --dataset_name uoft-cs/cifar10 --output_dir palette --max_pixels 10000000
+    python -m image_processing --train_file ../shared/data/cifar10/train.parquet --output_dir palette
+    python -m image_processing --train_dir path/to/imagefolder --output_dir palette --size 32
+    python -m image_processing --dataset_name uoft-cs/cifar10 --output_dir palette --max_pixels 10000000
 
 The folder holds preprocessor_config.json (the palette as `clusters`) and image_processing_igpt.py, so that
 `AutoImageProcessor.from_pretrained(folder)` works with `import image_processing` or with `trust_remote_code=True`.
