@@ -11,7 +11,8 @@ from train, and its test accuracy reported. Then:
   regression on the raw pixels of the same resized images, and the same probe on an untrained model of the same
   configuration and palette (each with the same label subsets in the low-data setting).
 
-BERT models are probed with masked inputs, as they were trained. Writes `probe_results.json` and `probe_accuracy.png`
+BERT models are probed with masked inputs, as they were trained; their test images are also scored with the paper's
+5-mask ensemble (Section 4.6: the modal prediction over independent masks, ties broken at random). Writes `probe_results.json` and `probe_accuracy.png`
 (accuracy against depth, the paper's Figure 2, with the baselines drawn) into --output_dir.
 
     python examples/run_linear_probe.py --model_name_or_path igpt-s-cifar10 --dataset_name uoft-cs/cifar10 \\
@@ -66,6 +67,9 @@ class ProbeArguments:
         default=None, metadata={"help": "Low-data probes with these many labels per class, e.g. '4,25,400'."}
     )
     low_data_subsets: int = field(default=5, metadata={"help": "Random subsets per low-data size (paper: 5)."})
+    num_masks: int = field(
+        default=5, metadata={"help": "BERT models: masks per test image in the modal-prediction ensemble (paper: 5); 1 skips it."}
+    )
     baselines: str | None = field(
         default=None,
         metadata={
@@ -82,6 +86,8 @@ class ProbeArguments:
         if not self.regularization_values or min(self.regularization_values) <= 0:
             raise ValueError(f"--regularization must list positive C values, got {self.regularization!r}")
         self.low_data_sizes = [int(n) for n in self.low_data_labels_per_class.split(",")] if self.low_data_labels_per_class else []
+        if self.num_masks < 1:
+            raise ValueError(f"--num_masks must be at least 1, got {self.num_masks}")
         if any(n < 1 for n in self.low_data_sizes):
             raise ValueError(f"--low_data_labels_per_class must be positive, got {self.low_data_labels_per_class!r}")
         self.baseline_names = [name.strip() for name in self.baselines.split(",")] if self.baselines else []
@@ -138,6 +144,13 @@ def fit_probe(train_x, train_y, validation_x, validation_y, regularization, max_
         if best is None or accuracy > best[2]:
             best = (probe, strength, accuracy)
     return best
+
+
+def modal_class(votes: np.ndarray, classes: np.ndarray, seed: int) -> np.ndarray:
+    """The most frequent of `classes` in each column of `votes` (M, N), ties broken at random (paper Section 4.6): (N,)."""
+    counts = (votes[..., None] == classes).sum(axis=0)  # (N, C)
+    jitter = np.random.default_rng(seed).random(counts.shape) / 2  # < 1: reorders tied counts only
+    return classes[np.argmax(counts + jitter, axis=1)]
 
 
 def low_data_subset(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -202,6 +215,17 @@ def main(argv: list[str] | None = None) -> dict:
         return features
 
     features = extract_all(model)
+    # BERT: the test images again under further independent masks, for the 5-mask ensemble (mask 0 is the one above).
+    test_masks = []
+    if model.config.objective == "bert" and probe_args.num_masks > 1:
+        logger.info("Extracting features of the test images under %d more masks", probe_args.num_masks - 1)
+        test_masks = [features["test"]] + [
+            extract_features(
+                model, tokenizer, splits.splits["test"], splits.image_column, layers, probe_args.batch_size,
+                probe_args.seed + index, progress,
+            )
+            for index in range(1, probe_args.num_masks)
+        ]  # fmt: skip
 
     def probe(columns: list[int], train_rows=slice(None), inputs: dict | None = None) -> dict:
         """Fit on train (or its `train_rows`), choose C on validation, score test; `inputs` defaults to the features."""
@@ -214,7 +238,12 @@ def main(argv: list[str] | None = None) -> dict:
             design("train", train_rows), labels["train"][train_rows], design("validation"), labels["validation"],
             probe_args.regularization_values, probe_args.max_iter,
         )
-        return {"C": strength, "validation_accuracy": validation_accuracy, "test_accuracy": fitted.score(design("test"), labels["test"])}
+        result = {"C": strength, "validation_accuracy": validation_accuracy, "test_accuracy": fitted.score(design("test"), labels["test"])}
+        if test_masks and inputs is features:
+            votes = np.stack([fitted.predict(masked[:, columns].reshape(len(masked), -1)) for masked in test_masks])  # (M, N)
+            predictions = modal_class(votes, fitted.classes_, probe_args.seed)
+            result["test_accuracy_mask_ensemble"] = float(np.mean(predictions == labels["test"]))
+        return result
 
     def probe_every_layer(inputs: dict, what: str) -> tuple[list[dict], int]:
         """One probe per layer; returns the entries and the column of the best layer on validation."""
@@ -237,6 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
     results["best_layer"] = layers[best]
     results["best_layer_validation_accuracy"] = results["layers"][best]["validation_accuracy"]
     results["best_layer_test_accuracy"] = results["layers"][best]["test_accuracy"]
+    if test_masks:
+        results["num_masks"] = probe_args.num_masks
+        results["best_layer_test_accuracy_mask_ensemble"] = results["layers"][best]["test_accuracy_mask_ensemble"]
     results["seconds"] = {"probe": round(time.time() - started, 1)}
 
     if probe_args.concat_layers > 1:
@@ -272,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
         del untrained
 
     results["low_data"] = []
+    low_data_started = time.time()
     rng = np.random.default_rng(probe_args.seed)
     for per_class in probe_args.low_data_sizes:
         subsets = [low_data_subset(labels["train"], per_class, rng) for _ in range(probe_args.low_data_subsets)]
@@ -283,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
             entry["raw_pixels_mean"], entry["raw_pixels_std"] = float(np.mean(raw_accuracies)), float(np.std(raw_accuracies))
         results["low_data"].append(entry)
         logger.info("%d labels per class: %.4f +- %.4f", per_class, np.mean(accuracies), np.std(accuracies))
+    if probe_args.low_data_sizes:
+        results["seconds"]["low_data"] = round(time.time() - low_data_started, 1)
     results["wall_time_seconds"] = round(time.time() - started, 1)
 
     os.makedirs(probe_args.output_dir, exist_ok=True)
