@@ -12,8 +12,9 @@ from train, and its test accuracy reported. Then:
   configuration and palette (each with the same label subsets in the low-data setting).
 
 BERT models are probed with masked inputs, as they were trained; their test images are also scored with the paper's
-5-mask ensemble (Section 4.6: the modal prediction over independent masks, ties broken at random). Writes `probe_results.json` and `probe_accuracy.png`
-(accuracy against depth, the paper's Figure 2, with the baselines drawn) into --output_dir.
+5-mask ensemble (Section 4.6: the modal prediction over independent masks, ties broken at random). Writes
+`probe_results.json` and `probe_accuracy.png` (accuracy against depth, the paper's Figure 2, with the baselines drawn)
+into --output_dir.
 
     python examples/run_linear_probe.py --model_name_or_path igpt-s-cifar10 --dataset_name uoft-cs/cifar10 \\
         --output_dir igpt-s-cifar10/probe --low_data_labels_per_class 4,25,400
