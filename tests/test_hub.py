@@ -10,7 +10,6 @@ import math
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from hub_cards import publish
+from hub_cards import card, publish, validation
 from image_processing import IGPTImageProcessor
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageClassification, IGPTForMaskedImageModeling
 from test_model_tokenizer_fit import MISFITS  # the mismatched model/processor pairs, one table
@@ -74,6 +73,13 @@ def write_json(path: Path, values: dict) -> str:
     return str(path)
 
 
+def probe_run(folder: Path) -> str:
+    """What examples/run_linear_probe.py leaves in its --output_dir: probe_results.json and its plot."""
+    folder.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(folder / card.PROBE_PLOT)
+    return write_json(folder / "probe_results.json", PROBE)
+
+
 def assemble(checkpoint_dir: Path, output_dir: Path, repo_id: str, *extra: str):
     options = publish.parse_args(
         [str(checkpoint_dir), "--repo_id", repo_id, "--output_dir", str(output_dir), "--num_samples", "2",
@@ -97,7 +103,7 @@ def published(tmp_path_factory):
     return {
         "autoregressive": assemble(
             autoregressive, root / "out-ar", "org/igpt-l", "--dataset_name", "digits", "--metrics",
-            write_json(root / "pretraining.json", PRETRAINING), write_json(root / "probe.json", PROBE),
+            write_json(root / "pretraining.json", PRETRAINING), probe_run(root / "probe"),
         ),
         "bert": assemble(bert, root / "out-bert", "org/igpt-l-bert", "--dataset_name", "digits", "--metrics",
                          write_json(root / "bert.json", {"eval_loss": 1.5})),
@@ -126,7 +132,9 @@ def test_generative_folder_is_complete_and_validates(published):
     assert processor_config["auto_map"]["AutoImageProcessor"] == "image_processing_igpt.IGPTImageProcessor"
     for image in ("palette.png", "samples.png", "completions.png", "inputs.png", "probe.png"):
         assert (folder / "images" / image).is_file(), image
-    publish.validate(folder, model, remote_code_check=False)
+    probe_plot = folder.parent / "probe" / card.PROBE_PLOT
+    assert (folder / "images" / "probe.png").read_bytes() == probe_plot.read_bytes()  # the probe run's plot, as drawn
+    validation.validate(folder, model, remote_code_check=False)
 
 
 def test_generative_card_metadata_and_sections(published):
@@ -174,7 +182,7 @@ def test_classifier_card_has_base_model_widget_and_accuracy(published):
     assert "Labels | 3: zero, one, two" in card.text
     for section in SECTIONS:
         assert section in card.text, section
-    publish.validate(folder, model, remote_code_check=False)
+    validation.validate(folder, model, remote_code_check=False)
 
 
 def test_validation_rejects_incomplete_folders(published, tmp_path):
@@ -183,17 +191,52 @@ def test_validation_rejects_incomplete_folders(published, tmp_path):
     (folder / "pipeline_igpt.py").unlink()
     (folder / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(ValueError, match=r"pickle files \['pytorch_model.bin'\].*pipeline_igpt.IGPTImageGenerationPipeline has no code file"):
-        publish.validate(folder, model, remote_code_check=False)
+        validation.validate(folder, model, remote_code_check=False)
 
 
 def test_remote_code_check_loads_the_folder_without_the_package(published):
     folder, model = published["classifier"]
-    publish.check_loads_without_package(folder, model)
+    validation.check_loads_without_package(folder, model)
     other = tiny_model(IGPTForImageClassification, num_labels=3)
     with torch.no_grad():
         other.score.weight.add_(1.0)  # a model the folder does not hold: the check must notice
-    with pytest.raises(ValueError, match="does not load without the igpt package"):
-        publish.check_loads_without_package(folder, other)
+    with pytest.raises(ValueError, match="(?s)does not load without the igpt package.*other outputs"):
+        validation.check_loads_without_package(folder, other)
+    other_palette = tiny_processor()
+    other_palette.clusters = other_palette.clusters[::-1].copy()  # same colours, other ids: other tokens
+    with pytest.raises(ValueError, match="(?s)does not load without the igpt package.*other tokens"):
+        validation.check_loads_without_package(folder, model, processor=other_palette)
+
+
+def test_run_python_hides_the_package_only_when_asked(tmp_path):
+    script = "import importlib.util\nprint(importlib.util.find_spec('modeling_igpt') is not None)\nimport image_processing"
+    hidden = validation.run_python(script, hf_home=tmp_path)
+    assert hidden.returncode != 0 and hidden.stdout.strip() == "False"
+    assert "ModuleNotFoundError: import of image_processing halted" in hidden.stderr, hidden.stderr[-2000:]
+    shown = validation.run_python(script, hf_home=tmp_path, without_package=False)
+    assert shown.returncode == 0 and shown.stdout.strip() == "True", shown.stderr[-2000:]
+
+
+def test_probe_metrics_are_read_only_as_run_linear_probe_writes_them(tmp_path):
+    metrics = card.read_metrics([probe_run(tmp_path / "probe")])["probe"]
+    assert metrics == {"layers": {0: 0.31, 1: 0.62, 2: 0.48}, "best_layer": 1, "best_accuracy": 0.62,
+                       "plot": tmp_path / "probe" / card.PROBE_PLOT}
+    layer_mapping = {**PROBE, "layers": {"0": 0.31, "1": 0.62}}
+    with pytest.raises(ValueError, match="'layers' must be run_linear_probe.py's list"):
+        card.read_metrics([write_json(tmp_path / "mapping.json", layer_mapping)])
+    no_best = {key: value for key, value in PROBE.items() if key != "best_layer"}
+    with pytest.raises(ValueError, match="needs 'layer' and 'test_accuracy' per layer and 'best_layer'"):
+        card.read_metrics([write_json(tmp_path / "no_best.json", no_best)])
+    with pytest.raises(ValueError, match=r"best_layer 7 is not one of the probed layers \[0, 1, 2\]"):
+        card.read_metrics([write_json(tmp_path / "bad_best.json", {**PROBE, "best_layer": 7})])
+    assert card.read_metrics([write_json(tmp_path / "alone.json", PROBE)])["probe"]["plot"] is None
+
+
+def test_publish_runs_as_a_script(tmp_path):
+    result = subprocess.run([sys.executable, "hub_cards/publish.py", "--help"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--skip_remote_code_check" in result.stdout and "CHECKPOINT" in result.stdout
 
 
 # --- Bad input ----------------------------------------------------------------------------------------------------------
@@ -277,14 +320,7 @@ def place_in_hf_cache(folder: Path, hub_cache: Path, repo_id: str) -> str:
 OFFLINE_SCRIPT = """
 import sys
 mode, expected_path = sys.argv[1], sys.argv[2]
-if mode == "remote_code":
-    sys.modules["modeling_igpt"] = sys.modules["image_processing"] = None  # installed here: make it unimportable
-    for name in ("modeling_igpt", "image_processing"):
-        try:
-            __import__(name)
-            raise SystemExit(name + " is still importable")
-        except ImportError:
-            pass
+if mode == "remote_code":  # run by validation.run_python without the package
     extra = {"trust_remote_code": True}
 else:
     import image_processing, modeling_igpt
@@ -362,13 +398,8 @@ def test_offline_hub_ids_load_through_auto_classes_and_pipelines(published, tmp_
             "completion": torch.from_numpy(processor.decode(completion, output_type="np")[0]),
         }
     torch.save(expected, tmp_path / "expected.pt")
-    script = tmp_path / "offline.py"
-    script.write_text(textwrap.dedent(OFFLINE_SCRIPT))
-    environment = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-I", str(script), mode, str(tmp_path / "expected.pt")],
-        capture_output=True, text=True, cwd=tmp_path, env=environment,
-    )
+    result = validation.run_python(OFFLINE_SCRIPT, mode, str(tmp_path / "expected.pt"), hf_home=tmp_path / "hf",
+                                   without_package=mode == "remote_code")
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"offline OK {mode}" in result.stdout
 
