@@ -122,8 +122,7 @@ def run_python(script: str, *args: str, hf_home: Path, without_package: bool = T
     """Run `script` (with `args` as sys.argv[1:]) in a fresh, isolated, offline Python whose Hugging Face cache is
     `hf_home`; with `without_package`, `modeling_igpt` and `image_processing` cannot be imported there (as for a Hub
     user, who has only transformers and the repository's code files). Returns the finished process."""
-    if without_package:
-        script = HIDE_PACKAGES + textwrap.dedent(script)
+    script = (HIDE_PACKAGES if without_package else "") + textwrap.dedent(script)
     hf_home = Path(hf_home)
     with tempfile.TemporaryDirectory() as scratch:  # the working directory: nothing importable from it
         (Path(scratch) / "script.py").write_text(script)

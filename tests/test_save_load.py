@@ -1,13 +1,11 @@
 """save_pretrained -> from_pretrained, with the package and without it (trust_remote_code)."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
 
+from hub_cards.validation import run_python
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageClassification, IGPTModel
 
 
@@ -45,15 +43,7 @@ def test_remote_code_load_in_a_python_without_the_package(tmp_path):
     model.save_pretrained(tmp_path / "model")
     tokens = torch.randint(0, 8, (1, 16))
     torch.save({"tokens": tokens, "logits": model(tokens).logits}, tmp_path / "expected.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["modeling_igpt"] = None  # the package is installed here: make it unimportable
-        try:
-            import modeling_igpt
-            raise SystemExit("package still importable")
-        except ImportError:
-            pass
+    script = f"""
         import torch
         from transformers import AutoModelForCausalLM, AutoModelForImageClassification
         model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
@@ -64,10 +54,6 @@ def test_remote_code_load_in_a_python_without_the_package(tmp_path):
         assert generated.shape == (1, 5)
         print("remote code OK", type(model).__name__)
         """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"},
-    )
+    result = run_python(script, hf_home=tmp_path / "hf")  # a Python without modeling_igpt and image_processing
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code OK IGPTForCausalImageModeling" in result.stdout
