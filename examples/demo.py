@@ -14,23 +14,24 @@ the example scripts, called with the arguments printed before it runs.
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import run_image_classification  # noqa: E402
-import run_linear_probe  # noqa: E402
-import run_pretraining  # noqa: E402
-import run_sampling  # noqa: E402
-
 
 DIGITS = ["--dataset_name", "digits"]
+EXAMPLES = os.path.dirname(os.path.abspath(__file__))
 
 
-def step(title: str, script, argv: list[str]):
-    print(f"\n=== {title}\n    python examples/{script.__name__}.py {' '.join(argv)}\n", flush=True)
-    return script.main(argv)
+def step(title: str, script: str, argv: list[str]) -> None:
+    """Run examples/`script` as a user would, printing the command first."""
+    print(f"\n=== {title}\n    python examples/{script} {' '.join(argv)}\n", flush=True)
+    subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *argv], check=True)
+
+
+def read_json(path: str) -> dict:
+    with open(path) as file:
+        return json.load(file)
 
 
 def main():
@@ -44,9 +45,9 @@ def main():
     started = time.time()
     seed = ["--seed", str(args.seed)]
 
-    pretraining = step(
+    step(
         "1-2. Fit a 16-colour palette, then pretrain a 4-layer iGPT on 8x8 digits (autoregressive)",
-        run_pretraining,
+        "run_pretraining.py",
         DIGITS + seed + [
             "--output_dir", f"{out}/pretrained", "--image_size", "8", "--n_clusters", "16", "--palette_max_pixels", "50000",
             "--num_hidden_layers", "4", "--hidden_size", "64", "--num_attention_heads", "4",
@@ -55,18 +56,18 @@ def main():
         ],
     )
     probe_started = time.time()
-    probe = step(
+    step(
         "3. Linear probes on every layer's features (and the low-data setting), beside raw pixels and random init",
-        run_linear_probe,
+        "run_linear_probe.py",
         DIGITS + seed + [
             "--model_name_or_path", f"{out}/pretrained", "--output_dir", f"{out}/probe",
             "--low_data_labels_per_class", "4,25", "--baselines", "raw_pixels,random_init",
         ],
     )
     probe_seconds = round(time.time() - probe_started, 1)
-    classification = step(
+    step(
         "4. Fine-tune the pretrained model for classification (L_clf + L_gen, early stopping)",
-        run_image_classification,
+        "run_image_classification.py",
         DIGITS + seed + [
             "--model_name_or_path", f"{out}/pretrained", "--output_dir", f"{out}/classifier",
             "--num_train_epochs", str(args.finetune_epochs), "--per_device_train_batch_size", "32",
@@ -74,15 +75,19 @@ def main():
             "--augment", "false",  # a mirrored digit is often another digit; the paper's flips are for CIFAR photos
         ],
     )
-    samples = step(
+    step(
         "5. Sample new digits and complete the bottom half of test digits",
-        run_sampling,
+        "run_sampling.py",
         DIGITS + seed + [
             "--model_name_or_path", f"{out}/pretrained", "--output_dir", f"{out}/samples",
             "--num_samples", "64", "--num_completions", "8", "--completions_per_image", "5", "--display_scale", "4",
         ],
     )
 
+    pretraining = read_json(f"{out}/pretrained/eval_results.json")
+    probe = read_json(f"{out}/probe/probe_results.json")
+    classification = {**read_json(f"{out}/classifier/eval_results.json"), **read_json(f"{out}/classifier/test_results.json")}
+    samples = read_json(f"{out}/samples/sampling.json")["files"]
     metrics = {
         "dataset": "sklearn digits (8x8, 10 classes)",
         "pretraining": {key: pretraining[key] for key in ("eval_loss", "eval_bits_per_dim")},

@@ -7,38 +7,45 @@
 Paper protocol: same Adam settings as pretraining but no cosine schedule (constant learning rate), early stopping at
 the best validation accuracy, 10% of train held out as validation, the Wide-ResNet CIFAR augmentation (reflect-pad 4,
 random 32x32 crop, horizontal flip), test accuracy reported once at the end. BERT checkpoints are evaluated with the
-modal prediction over 5 random masks (Section 4.6). Accuracy comes from a local `evaluate` module (works offline).
+modal prediction over 5 random masks (Section 4.6).
+
+It trains, evaluates on validation and predicts the test split (`--do_train`, `--do_eval`, `--do_predict`, each true
+by default; `--do_train false` evaluates --model_name_or_path as it is). Arguments come from the command line or from
+one JSON file (`run_image_classification.py args.json`).
 
     python examples/run_image_classification.py --model_name_or_path igpt-s-cifar10 --dataset_name uoft-cs/cifar10 \\
         --output_dir igpt-s-cifar10-classifier --per_device_train_batch_size 64 --learning_rate 1e-4 --num_train_epochs 20
 """
 
+import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 
-import evaluate
 import numpy as np
 import torch.nn.functional as F
-from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+import transformers
+from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 
-from data import ClassificationCollator, DataArguments, ImageTokenizer, load_image_splits, tokenize_transform
-from modeling_igpt import IGPTForImageClassification
-from training import (
+from image_processing.data import DataArguments, load_image_splits
+from modeling_igpt import (
+    ClassificationCollator,
     FiniteTrainer,
+    IGPTForImageClassification,
+    ImageTokenizer,
+    tokenize_transform,
+)
+from modeling_igpt.training import (
     check_local_folder,
+    check_output_dir,
+    checkpoint_step,
     paper_optimiser_defaults,
-    parse_arguments,
-    publish_or_card,
     resolve_checkpoint,
-    setup_logging,
-    train_and_evaluate,
 )
 
 
 logger = logging.getLogger(__name__)
-
-ACCURACY_METRIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics", "accuracy")
 
 
 @dataclass
@@ -63,6 +70,9 @@ class ModelArguments:
 def classification_defaults() -> dict:
     return {
         **paper_optimiser_defaults(),
+        "do_train": True,
+        "do_eval": True,
+        "do_predict": True,  # test accuracy, reported once at the end
         "learning_rate": 3e-4,
         "lr_scheduler_type": "constant",  # "we do not employ a cosine schedule" when fine-tuning
         "eval_strategy": "epoch",
@@ -91,11 +101,30 @@ class MaskEnsembleTrainer(FiniteTrainer):
         return loss, logits, labels
 
 
+def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Command-line flags, or one JSON file of them, over this script's defaults."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.set_defaults(**classification_defaults())
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0]) as file:  # parse_json_file would leave out the defaults above
+            return parser.parse_dict({**classification_defaults(), **json.load(file)})
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def compute_metrics(prediction) -> dict[str, float]:
+    return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, DataArguments, TrainingArguments), classification_defaults(), argv
+    model_args, data_args, training_args = parse_arguments(argv)
+    check_output_dir(training_args.output_dir)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
     )
-    setup_logging(training_args)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
     check_local_folder(model_args.model_name_or_path, "--model_name_or_path")
     if model_args.generative_loss_weight < 0:
@@ -123,11 +152,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     eval_dataset = splits.splits["validation"].with_transform(tokenize_transform(tokenizer, column, label))
     test_dataset = splits.splits["test"].with_transform(tokenize_transform(tokenizer, column, label))
 
-    accuracy = evaluate.load(ACCURACY_METRIC)
-
-    def compute_metrics(prediction):
-        return accuracy.compute(predictions=np.argmax(prediction.predictions, axis=-1), references=prediction.label_ids)
-
     trainer = MaskEnsembleTrainer(
         model=model,
         args=training_args,
@@ -141,10 +165,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         num_masks=model_args.num_masks,
     )
 
-    metrics = train_and_evaluate(trainer, checkpoint, tokenizer, splits.skipped_metrics)
-    test_metrics = trainer.predict(test_dataset, metric_key_prefix="test").metrics
-    trainer.log_metrics("test", test_metrics)
-    trainer.save_metrics("test", test_metrics)
+    metrics = {}
+    if training_args.do_train:
+        first_step = checkpoint_step(checkpoint)  # read now: checkpoint rotation may delete the folder while training
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(training_args.output_dir)  # the processor, plus the VQ-VAE of a prior on codes
+        # Trainer's train metrics cover only the steps run by this call: say which (trainer_state.json has them all).
+        train_metrics = {
+            **train_result.metrics,
+            "resumed_from_step": first_step,
+            "train_steps_in_this_run": trainer.state.global_step - first_step,
+            **splits.skipped_metrics,
+        }
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics.update(train_metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if training_args.do_predict:
+        test_metrics = trainer.predict(test_dataset, metric_key_prefix="test").metrics
+        trainer.log_metrics("test", test_metrics)
+        trainer.save_metrics("test", test_metrics)
+        metrics.update(test_metrics)
 
     card = {
         "model_name": os.path.basename(os.path.normpath(training_args.output_dir)),
@@ -153,8 +201,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "tags": ["igpt", "image-gpt", "image-classification"],
         "dataset": data_args.dataset_name or data_args.train_file or data_args.train_dir,
     }
-    publish_or_card(trainer, **card)
-    return {**metrics, **test_metrics}
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
+    return metrics
 
 
 if __name__ == "__main__":

@@ -40,10 +40,16 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import HfArgumentParser, set_seed  # noqa: E402
 
-from data import DataArguments, ImageTokenizer, load_image_splits, model_inputs  # noqa: E402
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling  # noqa: E402
+from image_processing.data import DataArguments, load_image_splits  # noqa: E402
+from modeling_igpt import (  # noqa: E402
+    IGPTConfig,
+    IGPTForCausalImageModeling,
+    IGPTForMaskedImageModeling,
+    ImageTokenizer,
+    model_inputs,
+)
 from modeling_igpt.modeling_igpt import random_bert_mask  # noqa: E402
-from training import check_local_folder  # noqa: E402
+from modeling_igpt.training import check_local_folder  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -188,11 +194,13 @@ def plot_accuracy(results: dict, path: str):
 def main(argv: list[str] | None = None) -> dict:
     probe_args, data_args = HfArgumentParser((ProbeArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
     check_local_folder(probe_args.model_name_or_path, "--model_name_or_path")
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
     set_seed(probe_args.seed)
     progress = not probe_args.disable_tqdm
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
     objective = IGPTConfig.from_pretrained(probe_args.model_name_or_path).objective
     head_class = IGPTForMaskedImageModeling if objective == "bert" else IGPTForCausalImageModeling
     model = head_class.from_pretrained(probe_args.model_name_or_path).transformer.to(device).eval()  # the trunk

@@ -11,28 +11,39 @@ to 0, no dropout; bf16 and fused AdamW when the GPU has them. Validation loss is
     python examples/run_pretraining.py --dataset_name uoft-cs/cifar10 --output_dir igpt-s-cifar10 \\
         --per_device_train_batch_size 64 --num_train_epochs 30 --learning_rate 3e-3
 
+It trains, then evaluates on validation (`--do_train false`: evaluate --model_name_or_path only; `--do_eval false`:
+no final evaluation). Arguments come from the command line or from one JSON file (`run_pretraining.py args.json`).
 Runs unchanged under `accelerate launch` (DDP / FSDP / DeepSpeed across GPUs and machines).
 """
 
+import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments, set_seed
+import transformers
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from data import DataArguments, ImageTokenizer, PretrainingCollator, load_image_splits, tokenize_transform
 from image_processing import IGPTImageProcessor, fit_palette
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling
-from modeling_igpt.configuration_igpt import OBJECTIVES
-from training import (
+from image_processing.data import DataArguments, load_image_splits
+from modeling_igpt import (
     BitsPerDimTrainer,
+    IGPTConfig,
+    IGPTForCausalImageModeling,
+    IGPTForMaskedImageModeling,
+    IGPTVQVAEModel,
+    ImageTokenizer,
+    PretrainingCollator,
+    tokenize_transform,
+)
+from modeling_igpt.configuration_igpt import OBJECTIVES
+from modeling_igpt.training import (
     check_local_folder,
+    check_output_dir,
+    checkpoint_step,
     paper_optimiser_defaults,
-    parse_arguments,
-    publish_or_card,
     resolve_checkpoint,
-    setup_logging,
-    train_and_evaluate,
 )
 
 
@@ -74,6 +85,8 @@ class ModelArguments:
 def pretraining_defaults() -> dict:
     return {
         **paper_optimiser_defaults(),
+        "do_train": True,
+        "do_eval": True,
         "learning_rate": 3e-3,  # Table 5, iGPT-S autoregressive 32x32
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.01,  # one epoch of the paper's ~100
@@ -89,8 +102,6 @@ def build_tokenizer(model_args: ModelArguments, training_args: TrainingArguments
     """The processor (given, from the checkpoint, or a palette fitted here) plus the VQ-VAE when codes are modelled."""
     vqvae = None
     if model_args.vqvae_model is not None:
-        from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
-
         vqvae = IGPTVQVAEModel.from_pretrained(model_args.vqvae_model)
     source = model_args.image_processor_name or checkpoint or model_args.model_name_or_path
     if source is not None:
@@ -149,11 +160,26 @@ def build_model(model_args: ModelArguments, tokenizer: ImageTokenizer):
     return MODEL_CLASSES[objective](config)
 
 
+def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Command-line flags, or one JSON file of them, over this script's defaults."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.set_defaults(**pretraining_defaults())
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0]) as file:  # parse_json_file would leave out the defaults above
+            return parser.parse_dict({**pretraining_defaults(), **json.load(file)})
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, DataArguments, TrainingArguments), pretraining_defaults(), argv
+    model_args, data_args, training_args = parse_arguments(argv)
+    check_output_dir(training_args.output_dir)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
     )
-    setup_logging(training_args)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
     for flag in ("model_name_or_path", "image_processor_name", "vqvae_model"):
         check_local_folder(getattr(model_args, flag), f"--{flag}")
@@ -179,7 +205,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer.processor,
     )
 
-    metrics = train_and_evaluate(trainer, checkpoint, tokenizer, splits.skipped_metrics)
+    metrics = {}
+    if training_args.do_train:
+        first_step = checkpoint_step(checkpoint)  # read now: checkpoint rotation may delete the folder while training
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(training_args.output_dir)  # the processor, plus the VQ-VAE of a prior on codes
+        # Trainer's train metrics cover only the steps run by this call: say which (trainer_state.json has them all).
+        train_metrics = {
+            **train_result.metrics,
+            "resumed_from_step": first_step,
+            "train_steps_in_this_run": trainer.state.global_step - first_step,
+            **splits.skipped_metrics,
+        }
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics.update(train_metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
 
     if model_args.model_name_or_path is None:  # the card then says "trained from scratch", not "fine-tuned from []"
         model.config.name_or_path = training_args.output_dir
@@ -190,7 +238,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "tags": ["igpt", "image-gpt", f"{model.config.objective}-pretraining"],
         "dataset": data_args.dataset_name or data_args.train_file or data_args.train_dir,
     }
-    publish_or_card(trainer, **card)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
     return metrics
 
 

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from transformers import HfArgumentParser, set_seed
 
-from data import DataArguments, ImageTokenizer, load_image_splits
 from image_processing import make_image_grid
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling
-from training import check_local_folder
+from image_processing.data import DataArguments, load_image_splits
+from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, ImageTokenizer
+from modeling_igpt.training import check_local_folder
 
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ def generate(model, prompts: torch.LongTensor, length: int, args: SamplingArgume
 def main(argv: list[str] | None = None) -> dict:
     sampling_args, data_args = HfArgumentParser((SamplingArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
     check_local_folder(sampling_args.model_name_or_path, "--model_name_or_path")
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
     if sampling_args.num_completions and not data_args.has_source:
         raise ValueError("--num_completions needs images: give --dataset_name, --train_file or --train_dir.")
     config = IGPTConfig.from_pretrained(sampling_args.model_name_or_path)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
             "only autoregressive models define a distribution to sample from."
         )
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
     model = IGPTForCausalImageModeling.from_pretrained(sampling_args.model_name_or_path).to(device).eval()
     tokenizer = ImageTokenizer.from_pretrained(sampling_args.model_name_or_path)
     tokenizer.check_fits(model.config, sampling_args.model_name_or_path)

@@ -17,10 +17,13 @@ With no data source it trains on random crops of the two photos bundled with sci
         --config_overrides latent_size=16,codebook_size=64 --max_steps 200 --per_device_train_batch_size 16
 
 PSNR is that of the images in [0, 1]: 10 log10(2^2 / MSE) with the MSE measured in the model's [-1, 1] space.
+`--do_eval` alone evaluates --model_name_or_path without training. Arguments come from the command line or from one
+JSON file (`run_vqvae.py args.json`).
 """
 
 import ast
 import inspect
+import json
 import logging
 import math
 import os
@@ -33,13 +36,12 @@ import torch
 import transformers
 from PIL import Image
 from sklearn.datasets import load_sample_images
-from transformers import TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from data import DataArguments, load_image_splits
-from training import FiniteTrainer, check_local_folder, parse_arguments, resolve_checkpoint
 from image_processing import IGPTImageProcessor, make_image_grid
-from modeling_igpt.configuration_vqvae import IGPTVQVAEConfig
-from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
+from image_processing.data import DataArguments, load_image_splits
+from modeling_igpt import FiniteTrainer, IGPTVQVAEConfig, IGPTVQVAEModel
+from modeling_igpt.training import check_local_folder, check_output_dir, resolve_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,10 @@ def vqvae_defaults() -> dict:
         "logging_steps": 50,
         "save_strategy": "no",
         "validation_split_percentage": 4.0,  # the paper holds out 4% of ImageNet's train split
+        # Evaluation scores the reconstructions of the pixels (ReconstructionMetrics), so they are its labels, and
+        # the metrics are summed batch by batch instead of holding every image's codes until the end.
+        "label_names": ["pixel_values"],
+        "batch_eval_metrics": True,
     }
 
 
@@ -111,7 +117,7 @@ def bundled_photo_crops(num_crops: int, size: int, columns: tuple[float, float],
 def load_splits(
     data_args: DataArguments, bundled: BundledDataArguments, image_size: int, seed: int
 ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
-    """(train, validation, image column): from the Hub, parquet or an imagefolder (examples/data.py), else the photos."""
+    """(train, validation, image column): from the Hub, parquet or an imagefolder (image_processing.data), else the photos."""
     if not data_args.has_source:
         logger.info("No data source given: training on crops of the photos bundled with scikit-learn.")
         train = bundled_photo_crops(bundled.bundled_train_crops, image_size, (0.0, 0.75), seed)
@@ -144,46 +150,47 @@ def collate(examples: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class VQVAETrainer(FiniteTrainer):
-    """A Trainer whose evaluation reports what a VQ-VAE is judged by: reconstruction MSE and PSNR, and codebook use."""
+def reconstruction_errors(outputs: tuple, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.LongTensor]:
+    """Trainer's `preprocess_logits_for_metrics`, per batch: the model's outputs after the loss (reconstruction,
+    codes, ...) -> (squared error of each image's clamped reconstruction (B,), codes (B, h*w))."""
+    reconstruction, codes = outputs[0], outputs[1]
+    squared_errors = (reconstruction.clamp(-1, 1) - pixel_values).double().pow(2).flatten(1).sum(1)  # (B,)
+    return squared_errors, codes
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        model = self.model.eval()
-        config = model.config
-        squared_error = torch.zeros((), dtype=torch.float64, device=self.args.device)
-        num_values = torch.zeros((), dtype=torch.float64, device=self.args.device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.args.device)
-        num_images = torch.zeros((), dtype=torch.float64, device=self.args.device)
-        usage = torch.zeros(config.codebook_size, dtype=torch.float64, device=self.args.device)  # (K,)
-        with torch.no_grad():
-            for batch in self.get_eval_dataloader(eval_dataset):
-                pixel_values = self._prepare_inputs(batch)["pixel_values"]
-                output = model(pixel_values)
-                squared_error += (output.reconstruction.clamp(-1, 1) - pixel_values).double().pow(2).sum()
-                num_values += pixel_values.numel()
-                loss_sum += output.loss.double() * len(pixel_values)
-                num_images += len(pixel_values)
-                usage += torch.bincount(output.codes.flatten(), minlength=config.codebook_size).double()
-        totals = (squared_error, num_values, loss_sum, num_images, usage)
-        squared_error, num_values, loss_sum, num_images, usage = (
-            self.accelerator.reduce(total, reduction="sum") for total in totals
-        )
 
-        mse = (squared_error / num_values).item()
-        probs = usage / usage.sum()
-        tokens_per_step = self.args.per_device_train_batch_size * self.args.world_size * config.latent_size**2
+class ReconstructionMetrics:
+    """Trainer's `compute_metrics` for what a VQ-VAE is judged by: reconstruction MSE and PSNR, and codebook use
+    (perplexity, codes used and unused on the split, codes dead by the EMA's count). With `batch_eval_metrics` it
+    sums each batch (gathered across processes) and reports when `compute_result` says the split is done."""
+
+    def __init__(self, model: IGPTVQVAEModel, tokens_per_step: int):
+        self.model = model
+        self.tokens_per_step = tokens_per_step  # code assignments per optimiser step: the EMA's dead-code threshold
+        self.reset()
+
+    def reset(self):
+        self.squared_error, self.num_values = 0.0, 0
+        self.usage = torch.zeros(self.model.config.codebook_size, dtype=torch.float64)  # (K,)
+
+    def __call__(self, prediction, compute_result: bool = True) -> dict[str, float]:
+        squared_errors, codes = (torch.as_tensor(array) for array in prediction.predictions)  # (B,), (B, h*w)
+        self.squared_error += squared_errors.sum().item()
+        self.num_values += torch.as_tensor(prediction.label_ids).numel()
+        self.usage += torch.bincount(codes.flatten().cpu(), minlength=len(self.usage)).double()
+        if not compute_result:
+            return {}
+        mse = self.squared_error / self.num_values
+        probs = self.usage / self.usage.sum()
+        codebook_size = self.model.config.codebook_size
         metrics = {
-            "loss": (loss_sum / num_images).item(),
             "mse": mse,
             "psnr": 10 * math.log10(4 / mse) if mse > 0 else float("inf"),
             "perplexity": torch.exp(-(probs * torch.log(probs.clamp_min(1e-30))).sum()).item(),
-            "codes_used": int((usage > 0).sum()),
-            "unused_codes": int((usage == 0).sum()),  # never chosen on this split
-            "dead_codes": int(model.quantizer.dead_code_mask(tokens_per_step / config.codebook_size).sum()),  # EMA
+            "codes_used": int((self.usage > 0).sum()),
+            "unused_codes": int((self.usage == 0).sum()),  # never chosen on this split
+            "dead_codes": int(self.model.quantizer.dead_code_mask(self.tokens_per_step / codebook_size).sum()),  # EMA
         }
-        metrics = {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.reset()
         return metrics
 
 
@@ -231,14 +238,26 @@ def parse_config_overrides(overrides: str | None) -> dict:
     return parsed
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, bundled, training_args = parse_arguments(
-        (ModelArguments, DataArguments, BundledDataArguments, TrainingArguments), vqvae_defaults(), argv
-    )
-    check_local_folder(model_args.model_name_or_path, "--model_name_or_path")
+def parse_arguments(argv: list[str] | None):
+    """Command-line flags, or one JSON file of them, over this script's defaults."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, BundledDataArguments, TrainingArguments))
+    parser.set_defaults(**vqvae_defaults())
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0]) as file:  # parse_json_file would leave out the defaults above
+            return parser.parse_dict({**vqvae_defaults(), **json.load(file)})
+    return parser.parse_args_into_dataclasses(args=argv)
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.WARNING)
-    logger.setLevel(training_args.get_process_log_level())
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, bundled, training_args = parse_arguments(argv)
+    check_output_dir(training_args.output_dir)
+    check_local_folder(model_args.model_name_or_path, "--model_name_or_path")
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+    )
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
 
@@ -261,13 +280,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train = train.with_transform(pixel_transform(processor, column, flip=True))
     validation = validation.with_transform(pixel_transform(processor, column, flip=False))
 
-    trainer = VQVAETrainer(
+    tokens_per_step = training_args.per_device_train_batch_size * training_args.world_size * model.config.latent_size**2
+    trainer = FiniteTrainer(
         model=model,
         args=training_args,
         train_dataset=train,
         eval_dataset=validation,
         data_collator=collate,
         processing_class=processor,
+        compute_metrics=ReconstructionMetrics(model, tokens_per_step),
+        preprocess_logits_for_metrics=reconstruction_errors,
     )
     metrics = {}
     if training_args.do_train or not training_args.do_eval:
@@ -290,4 +312,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -11,8 +11,7 @@ The folder holds preprocessor_config.json (the palette as `clusters`) and image_
 import argparse
 import time
 
-from datasets import load_dataset
-
+from .data import load_image_dataset
 from .palette import fit_palette
 
 
@@ -35,11 +34,17 @@ def parse_args(argv=None):
 
 
 def load_images(args):
-    if args.dataset_name:
-        return load_dataset(args.dataset_name, args.dataset_config_name, split=args.split)
-    if args.train_file:
-        return load_dataset("parquet", data_files={args.split: args.train_file}, split=args.split)
-    return load_dataset("imagefolder", data_dir=args.train_dir, split=args.split)
+    """The `--split` of a Hub dataset, or all the given parquet files or imagefolder (the example scripts' loader)."""
+    dataset = load_image_dataset(
+        args.dataset_name,
+        args.dataset_config_name,
+        parquet_files={"train": args.train_file},
+        image_folders={"train": args.train_dir},
+    )
+    split = args.split if args.dataset_name else "train"  # local files and folders are read as one split
+    if split not in dataset:
+        raise ValueError(f"--split {split}: the dataset has the splits {list(dataset)}.")
+    return dataset[split]
 
 
 def main(argv=None):

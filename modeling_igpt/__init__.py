@@ -1,4 +1,8 @@
-"""Image GPT models for transformers. Importing this package registers every class with the Auto* factories."""
+"""Image GPT models for transformers. Importing this package registers every class with the Auto* factories.
+
+Beside the models: `ImageTokenizer` (images <-> token ids, palette or VQ-VAE), the data collators for each objective
+and what training runs add to `Trainer` (`modeling_igpt.training`).
+"""
 
 from transformers import (
     AutoConfig,
@@ -11,6 +15,8 @@ from transformers import (
 from .compatibility import check_model_fits_tokenizer
 from .configuration_igpt import IGPTConfig
 from .configuration_vqvae import IGPTVQVAEConfig
+from .data_collators import ClassificationCollator, PretrainingCollator, model_inputs
+from .image_tokenizer import ImageTokenizer, random_pad_crop_flip, tokenize_transform
 from .modeling_igpt import (
     IGPTForCausalImageModeling,
     IGPTForImageClassification,
@@ -20,6 +26,7 @@ from .modeling_igpt import (
 )
 from .modeling_vqvae import IGPTVQVAEModel, IGPTVQVAEOutput, IGPTVQVAEPreTrainedModel, IGPTVQVAEQuantizer
 from .pipeline_igpt import IGPTImageGenerationPipeline  # registers "unconditional-image-generation"
+from .training import BitsPerDimTrainer, FiniteTrainer, NonFiniteLossError, bits_per_dim, last_complete_checkpoint
 
 
 AutoConfig.register("igpt", IGPTConfig, exist_ok=True)
@@ -37,6 +44,17 @@ for auto_class, model_class in (
 
 __all__ = [
     "check_model_fits_tokenizer",
+    "ImageTokenizer",
+    "tokenize_transform",
+    "random_pad_crop_flip",
+    "model_inputs",
+    "PretrainingCollator",
+    "ClassificationCollator",
+    "bits_per_dim",
+    "FiniteTrainer",
+    "BitsPerDimTrainer",
+    "NonFiniteLossError",
+    "last_complete_checkpoint",
     "IGPTConfig",
     "IGPTPreTrainedModel",
     "IGPTModel",

@@ -14,18 +14,12 @@ import torch
 from PIL import Image
 
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-sys.path.insert(0, str(EXAMPLES))
+from example_scripts import EXAMPLES, load_example
+from image_processing.data import DataArguments, digits_dataset, load_image_splits
+from modeling_igpt import ImageTokenizer, PretrainingCollator, bits_per_dim, model_inputs, random_pad_crop_flip
 
-from data import (  # noqa: E402
-    DataArguments,
-    PretrainingCollator,
-    bits_per_dim,
-    load_image_splits,
-    model_inputs,
-    random_pad_crop_flip,
-)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -86,7 +80,6 @@ def test_pretraining_lowers_validation_loss_and_saves_model_processor_and_card(p
     results = read_json(pretrained / "eval_results.json")
     assert math.isclose(results["eval_bits_per_dim"], results["eval_loss"] / math.log(2), rel_tol=1e-9)
 
-    from data import ImageTokenizer
     from modeling_igpt import IGPTForCausalImageModeling
 
     model = IGPTForCausalImageModeling.from_pretrained(pretrained)
@@ -244,7 +237,7 @@ def test_sampling_is_reproducible_and_completions_keep_the_given_half(pretrained
 @pytest.fixture
 def pretraining_script(monkeypatch):
     """run_pretraining, in-process, with palette fitting and the Trainer replaced by tripwires."""
-    import run_pretraining
+    run_pretraining = load_example("run_pretraining")
 
     def tripwire(*args, **kwargs):
         raise AssertionError("reached palette fitting or training despite bad arguments")
@@ -313,10 +306,6 @@ def test_digits_splits_follow_the_paper_protocol():
 
 
 def test_pretraining_and_probe_hold_out_the_same_validation_images_and_eval_subsets_span_the_classes(tmp_path):
-    import numpy as np
-
-    from data import digits_dataset
-
     def pixels(split):
         return {np.asarray(image).tobytes() for image in split["image"]}
 

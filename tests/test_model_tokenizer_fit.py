@@ -3,12 +3,10 @@ height x width == max_position_embeddings and clusters (or VQ-VAE codes) + 1 == 
 it: the example scripts, the generation pipeline, the converter and publishing (tests/test_hub.py,
 tests/test_pipeline_igpt.py and tests/test_convert_imagegpt.py hold the last three)."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from example_scripts import load_example
 from image_processing import IGPTImageProcessor
 from modeling_igpt import (
     IGPTConfig,
@@ -18,8 +16,6 @@ from modeling_igpt import (
     check_model_fits_tokenizer,
 )
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 # (model height, width, colours), (processor height, width, colours), what the error must say
 MISFITS = {
@@ -107,7 +103,7 @@ def test_vqvae_codes_fit_iff_the_code_grid_is_the_positions_and_codes_plus_one_t
 
 
 def test_run_sampling_refuses_a_misfit(misfit, tmp_path):
-    import run_sampling
+    run_sampling = load_example("run_sampling")
 
     folder, match = misfit
     with pytest.raises(ValueError, match=match) as error:
@@ -119,7 +115,7 @@ def test_run_sampling_refuses_a_misfit(misfit, tmp_path):
 
 
 def test_run_linear_probe_refuses_a_misfit(misfit, tmp_path):
-    import run_linear_probe
+    run_linear_probe = load_example("run_linear_probe")
 
     folder, match = misfit
     with pytest.raises(ValueError, match=match):
@@ -130,7 +126,7 @@ def test_run_linear_probe_refuses_a_misfit(misfit, tmp_path):
 
 
 def test_run_pretraining_refuses_a_processor_from_elsewhere_that_does_not_fit(tmp_path, monkeypatch):
-    import run_pretraining
+    run_pretraining = load_example("run_pretraining")
 
     def tripwire(*args, **kwargs):
         raise AssertionError("reached training with a misfit")
@@ -148,7 +144,7 @@ def test_run_pretraining_refuses_a_processor_from_elsewhere_that_does_not_fit(tm
 
 
 def test_run_image_classification_refuses_a_misfit(misfit, tmp_path):
-    import run_image_classification
+    run_image_classification = load_example("run_image_classification")
 
     folder, match = misfit
     with pytest.raises(ValueError, match=match):

@@ -13,13 +13,17 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 
+from example_scripts import EXAMPLES, load_example
+from modeling_igpt import (
+    ClassificationCollator,
+    IGPTConfig,
+    IGPTForImageClassification,
+    IGPTForMaskedImageModeling,
+    PretrainingCollator,
+)
+
+
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-sys.path.insert(0, str(EXAMPLES))
-
-from data import ClassificationCollator, PretrainingCollator  # noqa: E402
-
-from modeling_igpt import IGPTConfig, IGPTForImageClassification, IGPTForMaskedImageModeling  # noqa: E402
 
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -119,9 +123,8 @@ TINY_PRETRAINING = ["--image_size", "8", "--n_clusters", "8", "--num_hidden_laye
 # written (the weights are on disk; the processor, optimizer and trainer_state.json are not), "training" right after
 # optimiser step 5 (checkpoint-4 complete, step 5 lost).
 KILLED = """
-import os, signal, sys
-sys.path.insert(0, {examples!r})
-import run_pretraining
+import os, runpy, signal, sys
+import modeling_igpt
 from image_processing import IGPTImageProcessor
 from transformers import TrainerCallback
 
@@ -143,13 +146,14 @@ else:
             if state.global_step == 5:
                 die()
 
-    class DyingTrainer(run_pretraining.BitsPerDimTrainer):
+    class DyingTrainer(modeling_igpt.BitsPerDimTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.add_callback(DieAfterStep5())
 
-    run_pretraining.BitsPerDimTrainer = DyingTrainer
-run_pretraining.main(sys.argv[1:])
+    modeling_igpt.BitsPerDimTrainer = DyingTrainer  # the Trainer run_pretraining.py imports
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name="__main__")
 """
 KILL_RUN = [*DIGITS, *TINY_PRETRAINING, "--max_steps", "6", "--per_device_train_batch_size", "16",
             "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--logging_steps", "1",
@@ -184,7 +188,7 @@ def test_a_killed_run_resumes_from_the_last_complete_checkpoint(uninterrupted, t
 
     killed = tmp_path / "killed"
     driver = tmp_path / "killed.py"
-    driver.write_text(KILLED.format(examples=str(EXAMPLES), when=when))
+    driver.write_text(KILLED.format(script=str(EXAMPLES / "run_pretraining.py"), when=when))
     run_script(str(driver), *KILL_RUN, "--output_dir", str(killed), expect_kill=True)
     if when == "save":
         assert (killed / "checkpoint-4" / "model.safetensors").exists()
@@ -235,7 +239,7 @@ def fake_checkpoint(folder: Path, step: int, missing: str | None = None, truncat
 def test_resume_true_skips_incomplete_checkpoints_and_a_named_one_is_refused(tmp_path, caplog, damage, problem):
     from types import SimpleNamespace
 
-    from training import resolve_checkpoint
+    from modeling_igpt.training import resolve_checkpoint
 
     complete = fake_checkpoint(tmp_path, 10)
     broken = fake_checkpoint(tmp_path, 20, **damage)
@@ -257,7 +261,7 @@ VQVAE_TINY = ["--image_size", "32", "--bundled_train_crops", "32", "--bundled_va
 
 
 def test_misspelt_config_override_names_the_key_and_the_valid_ones(tmp_path):
-    import run_vqvae
+    run_vqvae = load_example("run_vqvae")
 
     with pytest.raises(ValueError, match=r"no 'codebok_size'; valid keys: latent_size, .*codebook_size"):
         run_vqvae.main([*VQVAE_TINY, "--config_overrides", "codebok_size=64", "--output_dir", str(tmp_path)])
@@ -269,7 +273,7 @@ def test_misspelt_config_override_names_the_key_and_the_valid_ones(tmp_path):
 
 
 def test_config_overrides_are_refused_for_an_existing_model(tmp_path):
-    import run_vqvae
+    run_vqvae = load_example("run_vqvae")
     from modeling_igpt.configuration_vqvae import IGPTVQVAEConfig
     from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
 
@@ -282,9 +286,11 @@ def test_config_overrides_are_refused_for_an_existing_model(tmp_path):
 def test_a_diverging_vqvae_run_stops_at_the_first_non_finite_loss_with_its_checkpoints_intact(tmp_path):
     """Learning rate 1e30: Adam's first step moves every weight by ~1e30 (still finite), the second forward pass
     overflows. Trainer alone hides the NaN loss (logging_nan_inf_filter) and saves NaN weights at every step."""
-    import run_vqvae
     from safetensors.torch import load_file
-    from training import NonFiniteLossError
+
+    from modeling_igpt import NonFiniteLossError
+
+    run_vqvae = load_example("run_vqvae")
 
     with pytest.raises(NonFiniteLossError, match=r"Non-finite training loss \(nan\) at step 2"):
         run_vqvae.main([*VQVAE_TINY, "--config_overrides", "latent_size=16,codebook_size=64", "--max_steps", "6",
@@ -295,7 +301,7 @@ def test_a_diverging_vqvae_run_stops_at_the_first_non_finite_loss_with_its_check
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
-    from training import FiniteTrainer, NonFiniteLossError
+    from modeling_igpt import FiniteTrainer, NonFiniteLossError
 
     model = IGPTForMaskedImageModeling(tiny_bert_config())
     trainer = FiniteTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True))
@@ -354,9 +360,9 @@ def parquet_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def scripts(monkeypatch):
     """The three Trainer scripts, in-process, with palette fitting and their Trainers replaced by tripwires."""
-    import run_image_classification
-    import run_pretraining
-    import run_vqvae
+    run_image_classification = load_example("run_image_classification")
+    run_pretraining = load_example("run_pretraining")
+    run_vqvae = load_example("run_vqvae")
 
     def tripwire(*args, **kwargs):
         raise AssertionError("reached palette fitting or training despite bad input")
@@ -364,7 +370,7 @@ def scripts(monkeypatch):
     monkeypatch.setattr(run_pretraining, "fit_palette", tripwire)
     monkeypatch.setattr(run_pretraining, "BitsPerDimTrainer", tripwire)
     monkeypatch.setattr(run_image_classification, "MaskEnsembleTrainer", tripwire)
-    monkeypatch.setattr(run_vqvae, "VQVAETrainer", tripwire)
+    monkeypatch.setattr(run_vqvae, "FiniteTrainer", tripwire)
     return {"pretraining": run_pretraining, "classification": run_image_classification, "vqvae": run_vqvae}
 
 
@@ -389,14 +395,14 @@ def test_a_corrupt_image_stops_the_run_at_loading_naming_split_and_row(scripts, 
                                              r"UnidentifiedImageError.*--skip_bad_images"):  # fmt: skip
             scripts[script].main(["--train_file", str(parquet_files["corrupt"]), "--image_check", check,
                                   "--output_dir", str(tmp_path)])  # fmt: skip
-    from data import DataArguments, load_image_splits
+    from image_processing.data import DataArguments, load_image_splits
 
     unchecked = load_image_splits(DataArguments(train_file=str(parquet_files["corrupt"]), image_check="none"))
     assert sum(len(split) for split in unchecked.splits.values()) == 200 and unchecked.skipped_images == {}
 
 
 def test_skip_bad_images_trains_without_them_and_reports_the_count(parquet_files, tmp_path):
-    import run_pretraining
+    run_pretraining = load_example("run_pretraining")
 
     run_pretraining.main([
         "--train_file", str(parquet_files["corrupt"]), "--skip_bad_images", "true", *TINY_PRETRAINING, "--max_steps", "2",
@@ -440,7 +446,8 @@ def test_an_output_dir_that_is_a_file_is_refused(scripts, parquet_files, checkpo
 
 def test_a_missing_local_model_folder_is_named(scripts, tmp_path, monkeypatch):
     import huggingface_hub
-    from training import check_local_folder
+
+    from modeling_igpt.training import check_local_folder
 
     missing = str(tmp_path / "no_such_model")
     output = ["--output_dir", str(tmp_path / "out")]
@@ -449,10 +456,7 @@ def test_a_missing_local_model_folder_is_named(scripts, tmp_path, monkeypatch):
                          ("vqvae", "--model_name_or_path")]:  # fmt: skip
         with pytest.raises(ValueError, match=f"{flag} {missing}: no such folder"):
             scripts[script].main(["--dataset_name", "digits", flag, missing, *output])
-    import run_linear_probe
-    import run_sampling
-
-    for script in (run_linear_probe, run_sampling):
+    for script in (load_example("run_linear_probe"), load_example("run_sampling")):
         with pytest.raises(ValueError, match=f"--model_name_or_path {missing}: no such folder"):
             script.main(["--dataset_name", "digits", "--model_name_or_path", missing, *output])
     # with the Hub switched on: local-looking paths are still named, `owner/name` ids go to the Hub
@@ -478,8 +482,7 @@ def test_a_dataset_configuration_without_a_hub_dataset_is_refused(scripts, parqu
 def test_run_vqvae_resumes_from_the_last_complete_checkpoint_with_true(tmp_path):
     """`--resume_from_checkpoint true` reached Trainer as a folder named "true"; now it is resolved as in the other
     scripts (an incomplete newer checkpoint is skipped)."""
-    import run_vqvae
-
+    run_vqvae = load_example("run_vqvae")
     common = [*VQVAE_TINY, "--config_overrides", "latent_size=16,codebook_size=64", "--save_strategy", "steps",
               "--save_steps", "1", "--output_dir", str(tmp_path)]  # fmt: skip
     run_vqvae.main([*common, "--max_steps", "2"])
@@ -498,7 +501,7 @@ def test_run_vqvae_resumes_from_the_last_complete_checkpoint_with_true(tmp_path)
 def test_sampling_arguments_that_would_do_nothing_or_divide_by_zero_are_refused(tmp_path, argv, problem):
     from transformers import HfArgumentParser
 
-    from run_sampling import SamplingArguments
+    SamplingArguments = load_example("run_sampling").SamplingArguments
 
     with pytest.raises(ValueError, match=problem):
         HfArgumentParser(SamplingArguments).parse_args_into_dataclasses(

@@ -1,8 +1,9 @@
-"""Data for the example scripts: the one place that loads images and turns them into Image GPT batches.
+"""Image datasets for Image GPT: one place that loads images from a source and splits them as the paper does.
 
-    source (Hub / parquet / imagefolder / bundled digits) -> DatasetDict(train, validation[, test])
-        -> ImageTokenizer (palette colours or VQ-VAE codes) -> pixel_ids (B, N)
-        -> collator -> the model's inputs for the objective (AR: start token + shift; BERT: as is)
+    source (Hub / parquet / imagefolder / scikit-learn's bundled digits) -> DatasetDict(train, validation[, test])
+
+`DataArguments` are the data flags of every example script; `load_image_splits` reads them. `load_image_dataset`
+loads a source's raw splits (the palette command line uses it alone).
 
 Protocol (paper, Section 3.1): when a dataset has no validation split, 10% of `train` is held out as validation for
 every choice that is tuned, and `test` is touched only to report.
@@ -10,19 +11,12 @@ every choice that is tuned, and `test` is touched only to report.
 
 import io
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
-
-from image_processing import IGPTImageProcessor, make_image_grid
-from modeling_igpt.compatibility import check_model_fits_tokenizer, tokenizer_grid, tokenizer_num_tokens
-from modeling_igpt.modeling_igpt import random_bert_mask
 
 
 logger = logging.getLogger(__name__)
@@ -31,7 +25,6 @@ DIGITS = "digits"
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "class")
 VALIDATION_SPLITS = ("validation", "valid", "val")
-VQVAE_FOLDER = "vqvae"
 
 
 @dataclass
@@ -137,22 +130,30 @@ def digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> datasets.Datase
     return datasets.DatasetDict(train=split["train"], test=split["test"])
 
 
-def load_raw(data_args: DataArguments) -> datasets.DatasetDict:
-    if data_args.dataset_name == DIGITS:
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    parquet_files: dict | None = None,
+    image_folders: dict | None = None,
+    cache_dir: str | None = None,
+) -> datasets.DatasetDict:
+    """The raw splits of one source: a Hub dataset (or "digits", scikit-learn's bundled 8x8 digits), parquet files
+    `{split: path or paths}`, or imagefolders `{split: folder}` (class sub-folders); splits given as None are left out."""
+    if dataset_name == DIGITS:
         return digits_dataset()
-    if data_args.dataset_name is not None:
-        return datasets.load_dataset(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir
-        )
-    if data_args.train_file is not None:
-        files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
-        return datasets.load_dataset("parquet", data_files={k: v for k, v in files.items() if v})
-    folders = {"train": data_args.train_dir, "validation": data_args.validation_dir, "test": data_args.test_dir}
-    for folder in filter(None, folders.values()):
+    if dataset_name is not None:
+        return datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+    parquet_files = {split: files for split, files in (parquet_files or {}).items() if files}
+    if parquet_files:
+        return datasets.load_dataset("parquet", data_files=parquet_files)
+    image_folders = {split: folder for split, folder in (image_folders or {}).items() if folder}
+    if not image_folders:
+        raise ValueError("Give one image source: a dataset name, parquet files or image folders.")
+    for folder in image_folders.values():
         if not os.path.isdir(folder):
             raise ValueError(f"Image folder {folder} does not exist.")
     return datasets.load_dataset(
-        "imagefolder", data_files={k: os.path.join(v, "**") for k, v in folders.items() if v}
+        "imagefolder", data_files={split: os.path.join(folder, "**") for split, folder in image_folders.items()}
     )
 
 
@@ -193,7 +194,13 @@ def load_image_splits(
     train as well when the data has none (with a warning: results on it are then not comparable to published ones).
     """
     data_args.check()
-    raw = load_raw(data_args)
+    raw = load_image_dataset(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        parquet_files={"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file},
+        image_folders={"train": data_args.train_dir, "validation": data_args.validation_dir, "test": data_args.test_dir},
+        cache_dir=data_args.cache_dir,
+    )
     splits = datasets.DatasetDict({name: raw[name] for name in raw})
     for name in VALIDATION_SPLITS:
         if name in splits and name != "validation":
@@ -314,184 +321,3 @@ def encode_labels(splits: datasets.DatasetDict, column: str) -> tuple[datasets.D
     if len(names) < 2:
         raise ValueError(f"Column {column!r} has {len(names)} class ({names}): a classifier needs at least two.")
     return splits, names
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Tokenization
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class ImageTokenizer:
-    """Images -> the prior's token ids (B, N): nearest palette colours, or VQ-VAE codes of the processor's pixels.
-
-    With a palette (paper, 32x32 / 48x48), N is the image's pixel count and the vocabulary K clusters + 1 start
-    token. With a VQ-VAE (96x96 / 192x192 inputs), the processor only resizes to the VQ-VAE's input resolution and
-    N is the latent grid (48x48), with the codebook as vocabulary.
-    """
-
-    def __init__(self, processor: IGPTImageProcessor, vqvae=None, source: str | None = None):
-        if vqvae is None and processor.n_clusters is None:
-            raise ValueError("The image processor has no palette: fit one (image_processing.fit_palette) or pass a VQ-VAE.")
-        self.processor = processor
-        self.vqvae = vqvae.eval() if vqvae is not None else None
-        self.source = source  # the folder it was loaded from, named in errors
-
-    @classmethod
-    def from_pretrained(cls, path: str) -> "ImageTokenizer":
-        """The processor saved in `path`, plus the VQ-VAE in `path/vqvae` when the model was trained on codes."""
-        processor = IGPTImageProcessor.from_pretrained(path)
-        vqvae = None
-        if os.path.isdir(os.path.join(path, VQVAE_FOLDER)):
-            from modeling_igpt.modeling_vqvae import IGPTVQVAEModel
-
-            vqvae = IGPTVQVAEModel.from_pretrained(os.path.join(path, VQVAE_FOLDER))
-        return cls(processor, vqvae, source=path)
-
-    def check_fits(self, config, model_source: str | None = None):
-        """ValueError naming both sources unless the model `config` reads this tokenizer's ids (the package's one rule:
-        height x width == max_position_embeddings, tokens + 1 == vocab_size)."""
-        check_model_fits_tokenizer(config, self.processor, self.vqvae, model_source, self.source)
-
-    def save_pretrained(self, path: str):
-        self.processor.save_pretrained(path)
-        if self.vqvae is not None:
-            self.vqvae.save_pretrained(os.path.join(path, VQVAE_FOLDER))
-
-    @property
-    def num_tokens(self) -> int:
-        """Token ids that stand for image content: palette clusters or VQ-VAE codes."""
-        return tokenizer_num_tokens(self.processor, self.vqvae)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.num_tokens + 1
-
-    @property
-    def start_token_id(self) -> int:
-        return self.num_tokens
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """(height, width) of the token grid the model sees."""
-        return tokenizer_grid(self.processor, self.vqvae)
-
-    @property
-    def sequence_length(self) -> int:
-        height, width = self.grid_size
-        return height * width
-
-    @torch.no_grad()
-    def __call__(self, images) -> torch.LongTensor:
-        if self.vqvae is None:
-            return self.processor(images, return_tensors="pt")["input_ids"]  # (B, H*W)
-        pixel_values = self.processor(images, do_color_quantize=False, return_tensors="pt")["pixel_values"]
-        return self.vqvae.encode(pixel_values.to(self.vqvae.device, self.vqvae.dtype)).cpu()  # (B, h*w)
-
-    @torch.no_grad()
-    def decode(self, token_ids: torch.LongTensor) -> list[Image.Image]:
-        """Token ids (B, N) without the start token -> PIL images."""
-        if self.vqvae is None:
-            return self.processor.decode(token_ids, *self.grid_size)
-        pixel_values = self.vqvae.decode(token_ids.to(self.vqvae.device))  # (B, 3, H, W) in [-1, 1]
-        pixels = ((pixel_values.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return [Image.fromarray(image.permute(1, 2, 0).cpu().numpy()) for image in pixels]
-
-    def decode_grid(self, token_ids: torch.LongTensor, nrow: int = 8) -> Image.Image:
-        return make_image_grid(self.decode(token_ids), nrow=nrow)
-
-
-def tokenize_transform(
-    tokenizer: ImageTokenizer, image_column: str, label_column: str | None = None, augment_padding: int = 0
-):
-    """A `with_transform` function: a batch of images (and labels) -> {"pixel_ids": (B, N)[, "labels": (B,)]},
-    with the paper's random pad-crop-flip when `augment_padding` > 0 (training splits only)."""
-
-    def transform(batch):
-        pixel_ids = tokenizer(batch[image_column])  # (B, N)
-        if augment_padding:
-            pixel_ids = random_pad_crop_flip(pixel_ids, tokenizer.grid_size, augment_padding)
-        output = {"pixel_ids": pixel_ids}
-        if label_column is not None:
-            output["labels"] = torch.as_tensor(batch[label_column])
-        return output
-
-    return transform
-
-
-def model_inputs(pixel_ids: torch.LongTensor, objective: str, start_token_id: int) -> torch.LongTensor:
-    """What the trunk reads: AR models [start, x_1 .. x_{N-1}] (as in pretraining), BERT models the pixels as they are."""
-    if objective == "bert":
-        return pixel_ids
-    start = torch.full_like(pixel_ids[:, :1], start_token_id)
-    return torch.cat([start, pixel_ids[:, :-1]], dim=1)  # (B, N)
-
-
-@dataclass
-class PretrainingCollator:
-    """pixel_ids (B, N) -> AR: input_ids [start, x_1..x_{N-1}], labels [-100, x_1..x_N] (every pixel is a target);
-    BERT: input_ids = x, the mask M drawn here with `mask_probability`, bool_masked_pos = M, labels = x on M and -100
-    elsewhere.
-
-    Drawing M where the batch is made (as transformers' DataCollatorForLanguageModeling does) keeps the labels honest:
-    Trainer normalises the loss by `num_items_in_batch` = the count of labels != -100, which must be the masked pixels
-    the model scores, not every pixel (that reported a loss ~1/0.15 = 6.7x too low).
-    """
-
-    objective: str
-    start_token_id: int
-    mask_probability: float = 0.15
-    generator: torch.Generator | None = None
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        pixel_ids = torch.stack([example["pixel_ids"] for example in examples])  # (B, N)
-        if self.objective == "bert":
-            bool_masked_pos = random_bert_mask(pixel_ids.shape, self.mask_probability, pixel_ids.device, self.generator)
-            if not bool_masked_pos.any():  # a batch with nothing to predict would divide by zero items
-                bool_masked_pos.view(-1)[torch.randint(pixel_ids.numel(), (1,), generator=self.generator)] = True
-            labels = pixel_ids.masked_fill(~bool_masked_pos, -100)  # (B, N): targets on M only
-            return {"input_ids": pixel_ids, "bool_masked_pos": bool_masked_pos, "labels": labels}
-        labels = F.pad(pixel_ids, (1, 0), value=-100)  # (B, N + 1)
-        return {"input_ids": model_inputs(pixel_ids, self.objective, self.start_token_id), "labels": labels}
-
-
-@dataclass
-class ClassificationCollator:
-    """pixel_ids (B, N) and labels (B,) -> the classifier's input_ids (as `model_inputs`) and labels."""
-
-    objective: str
-    start_token_id: int
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        pixel_ids = torch.stack([example["pixel_ids"] for example in examples])  # (B, N)
-        return {
-            "input_ids": model_inputs(pixel_ids, self.objective, self.start_token_id),
-            "labels": torch.stack([torch.as_tensor(example["labels"]) for example in examples]),
-        }
-
-
-def random_pad_crop_flip(
-    pixel_ids: torch.LongTensor, grid_size: tuple[int, int], padding: int, generator: torch.Generator | None = None
-) -> torch.LongTensor:
-    """The paper's CIFAR augmentation (from Wide ResNets): reflect-pad `padding` pixels on each side, take a random
-    crop of the original size, flip it horizontally with probability 1/2.
-
-    Applied to the token grid: colour quantization acts on each pixel alone, so it commutes with these moves and this
-    equals augmenting the pixels first. (B, N) -> (B, N).
-    """
-    height, width = grid_size
-    batch = pixel_ids.shape[0]
-    grid = pixel_ids.view(batch, 1, height, width).float()  # reflect padding needs floats; ids < 2^24 stay exact
-    padded = F.pad(grid, (padding, padding, padding, padding), mode="reflect")  # (B, 1, H + 2p, W + 2p)
-    tops = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
-    lefts = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
-    flips = torch.rand(batch, generator=generator) < 0.5
-    crops = []
-    for image, top, left, flip in zip(padded, tops.tolist(), lefts.tolist(), flips.tolist()):
-        crop = image[:, top : top + height, left : left + width]  # (1, H, W)
-        crops.append(crop.flip(-1) if flip else crop)
-    return torch.stack(crops).long().view(batch, height * width)
-
-
-def bits_per_dim(loss_nats: float) -> float:
-    """Mean negative log-likelihood per token, in bits: the paper's unit."""
-    return loss_nats / math.log(2)

@@ -1,25 +1,28 @@
-"""What the Trainer-based examples share: argument parsing with the paper's optimiser defaults (refusing an
---output_dir that is a file and missing local model folders), lookup of the last complete checkpoint, a Trainer that
-stops at the first non-finite loss, and one that reports losses in bits per dimension."""
+"""What Image GPT training runs add to transformers' Trainer: the paper's optimiser settings, losses in bits per
+dimension, a stop at the first non-finite loss (never saving non-finite weights), and resuming from the last
+checkpoint that was saved completely. Also the checks the example scripts run on paths before loading anything.
+"""
 
 import json
 import logging
+import math
 import os
 import re
-import sys
 
 import huggingface_hub
 import torch
-import transformers
-from transformers import HfArgumentParser, Trainer
+from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import IMAGE_PROCESSOR_NAME as PROCESSOR_FILE
 
-from data import bits_per_dim
-
 
 logger = logging.getLogger(__name__)
+
+
+def bits_per_dim(loss_nats: float) -> float:
+    """Mean negative log-likelihood per token, in bits: the paper's unit."""
+    return loss_nats / math.log(2)
 
 
 def paper_optimiser_defaults() -> dict:
@@ -39,22 +42,6 @@ def paper_optimiser_defaults() -> dict:
     }
 
 
-def parse_arguments(dataclass_types, defaults: dict, argv: list[str] | None = None):
-    """HfArgumentParser over `dataclass_types`, with this script's defaults; a single `.json` argument is a config file."""
-    parser = HfArgumentParser(dataclass_types)
-    parser.set_defaults(**defaults)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        with open(argv[0]) as file:
-            argv = [item for key, value in json.load(file).items() for item in (f"--{key}", str(value))]
-    parsed = parser.parse_args_into_dataclasses(args=argv)
-    for arguments in parsed:
-        output_dir = getattr(arguments, "output_dir", None)
-        if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
-            raise ValueError(f"--output_dir {output_dir} is a file: give a folder (it is created if missing).")
-    return parsed
-
-
 def check_local_folder(path: str | None, flag: str) -> None:
     """A path given for a model or processor must be a folder; a missing one is named here rather than looked up on
     the Hub (which answers "Repo id must be in the form ..." or "couldn't connect to huggingface.co"). Only an
@@ -69,14 +56,10 @@ def check_local_folder(path: str | None, flag: str) -> None:
         raise ValueError(f"{flag} {path}: no such folder{offline}.")
 
 
-def setup_logging(training_args):
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler()]
-    )
-    level = training_args.get_process_log_level()
-    logger.setLevel(level)
-    logging.getLogger("data").setLevel(level)
-    transformers.utils.logging.set_verbosity(level)
+def check_output_dir(path: str) -> None:
+    """--output_dir must be a folder (it is created if missing), not a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output_dir {path} is a file: give a folder (it is created if missing).")
 
 
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -186,38 +169,3 @@ def checkpoint_step(checkpoint: str | None) -> int:
         return 0
     with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as file:
         return json.load(file)["global_step"]
-
-
-def train_and_evaluate(
-    trainer: Trainer, checkpoint: str | None, tokenizer, data_metrics: dict | None = None
-) -> dict[str, float]:
-    """Train (or resume), save model and tokenizer, record train (plus `data_metrics`, e.g. skipped images) and
-    validation metrics; return the latter."""
-    first_step = checkpoint_step(checkpoint)  # read now: checkpoint rotation may delete the folder while training
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(trainer.args.output_dir)
-    # Trainer's train metrics (train_loss, runtime, throughput) cover only the steps run by this call: say which.
-    # The whole run's logged losses are in trainer_state.json.
-    train_metrics = {
-        **train_result.metrics,
-        "resumed_from_step": first_step,
-        "train_steps_in_this_run": trainer.state.global_step - first_step,
-        **(data_metrics or {}),
-    }
-    trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", train_metrics)
-    trainer.save_state()
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
-    return metrics
-
-
-def publish_or_card(trainer: Trainer, **card) -> None:
-    """`--push_to_hub` uploads the run with its card; otherwise the card is only written into the output folder."""
-    if trainer.args.push_to_hub:
-        trainer.push_to_hub(**card)
-    else:
-        trainer.create_model_card(**card)
