@@ -1,0 +1,310 @@
+"""Image GPT in the browser: a Gradio app for one checkpoint, as a Hugging Face Space or locally.
+
+    python hub_cards/space/app.py --model PATH_OR_REPO [--revision COMMIT] [--port 7860]
+
+In a Space (written by `hub_cards.space.write_space`) the model comes from the `IGPT_MODEL` variable (and
+`IGPT_REVISION`), else from `space.json` beside this file. The tabs follow the checkpoint:
+
+- autoregressive (IGPTForCausalImageModeling): unconditional samples, image completion (keep the top rows of a photo,
+  sample the rest N times, shown beside the original), and nearest neighbours by probe features;
+- classifier (IGPTForImageClassification): the top-5 labels of a photo;
+- BERT or bare trunk: nearest neighbours by probe features.
+
+The checkpoint runs through `EndpointHandler` (handler.py, the Inference Endpoints handler), which loads the
+checkpoint's own code (trust_remote_code=True): sampling is the checkpoint's pipeline on `model.generate()`'s defaults
+(IGPT's image decoder on the CPU). Bad uploads (not an image, too large) get a message in the page.
+"""
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import PIL.Image
+from huggingface_hub import snapshot_download
+from transformers.generation import BaseStreamer
+
+
+HERE = Path(__file__).resolve().parent
+if not (HERE / "handler.py").is_file():  # a Space has handler.py beside app.py; this repository has hub_cards/handler.py
+    sys.path.insert(0, str(HERE.parent))
+from handler import MAX_IMAGES, EndpointHandler, read_image  # noqa: E402
+
+
+DISPLAY_SIZE = 160  # pixels a side for the model's small pictures (nearest-neighbour upscaling keeps them sharp)
+TILES = (2, 3)  # each example photo is cut into rows x columns tiles: the neighbours' gallery
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs and outputs
+
+
+class PhotoInput(gr.Image):
+    """`gr.Image` handing the callback a file path; an upload that is not an image becomes a message in the page
+    (gradio's own decoding would raise a bare error before any callback runs)."""
+
+    is_template = True  # gradio's mark for a subclass that keeps its parent's frontend (as gr.Sketchpad does)
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
+            raise gr.Error(f"Could not read the upload as an image (PNG, JPEG, WebP, ...): {error}") from None
+
+
+def photo_input(elem_id: str) -> PhotoInput:
+    # gradio builds a component's page config from its __init__ arguments: PhotoInput keeps gr.Image's __init__
+    return PhotoInput(type="filepath", label="Photo", sources=["upload", "clipboard"], height=280, elem_id=elem_id)
+
+
+def open_photo(path: str | None) -> PIL.Image.Image:
+    """The uploaded or example photo, checked by the handler's rules; a non-RGB one is read as RGB, with a note."""
+    if path is None:
+        raise gr.Error("Upload a photo or pick an example first.")
+    image = read_image(Path(path).read_bytes())  # ValueError naming the problem (too large, not an image)
+    if image.mode != "RGB":
+        note = "transparent pixels are composited onto white" if "A" in image.getbands() else "read as RGB"
+        gr.Warning(f"The photo is a {image.mode} image: {note}.")
+    return image
+
+
+def shows_errors(callback):
+    """Bad input raises ValueError (handler.py, the pipeline, generate()); the page shows its message."""
+
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+
+    return wrapper
+
+
+def enlarge(image: PIL.Image.Image) -> PIL.Image.Image:
+    scale = max(1, DISPLAY_SIZE // max(image.size))
+    return image.resize((image.width * scale, image.height * scale), PIL.Image.Resampling.NEAREST)
+
+
+class PixelProgress(BaseStreamer):
+    """A `generate()` streamer that moves a gradio progress bar as pixels are sampled, one update per image row."""
+
+    def __init__(self, progress: gr.Progress, new_pixels: int, width: int):
+        self.progress, self.new_pixels, self.width, self.done = progress, new_pixels, width, 0
+
+    def put(self, value):
+        if value.ndim > 1:  # transformers' loop first hands over the prompt; the pixels come one (B,) step at a time
+            return
+        self.done += 1
+        if self.done % self.width == 0 or self.done == self.new_pixels:
+            self.progress(self.done / self.new_pixels, desc=f"sampled {self.done} of {self.new_pixels} pixels")
+
+    def end(self):
+        pass
+
+
+def example_photos() -> dict[str, Path]:
+    """scikit-learn's two sample photographs, written once as JPEG files (gradio's examples are files)."""
+    from sklearn.datasets import load_sample_images
+
+    folder = Path(tempfile.gettempdir()) / "igpt_space_examples"
+    folder.mkdir(exist_ok=True)
+    photos = load_sample_images()
+    paths = {}
+    for filename, pixels in zip(photos.filenames, photos.images):
+        path = folder / Path(filename).name
+        if not path.is_file():
+            PIL.Image.fromarray(pixels).save(path, quality=95)
+        paths[path.stem] = path
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The tabs
+
+
+class Demo:
+    """The callbacks of every tab, around one loaded checkpoint."""
+
+    def __init__(self, handler: EndpointHandler, name: str):
+        self.handler, self.name = handler, name
+        self.examples = example_photos()
+        self.tiles = [
+            (name, tile)
+            for name, path in self.examples.items()
+            for tile in cut_into_tiles(PIL.Image.open(path).convert("RGB"), *TILES)
+        ]
+        self.tile_features = {}  # layer -> (tiles, d) unit-norm probe features
+
+    def quantized(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        """What the model sees: the photo resized and mapped to the checkpoint's palette."""
+        processor = self.handler.processor
+        return processor.decode(processor(image, return_tensors="pt")["input_ids"])[0]
+
+    def sample(self, num_images, temperature, top_k, seed, progress=gr.Progress()):
+        height, width = self.handler.image_size
+        streamer = PixelProgress(progress, height * width, width)
+        images = self.handler.sample(
+            num_images=int(num_images), seed=int(seed), temperature=float(temperature), top_k=int(top_k),
+            streamer=streamer,
+        )
+        return [(enlarge(image), f"sample {index + 1}") for index, image in enumerate(images)]
+
+    def complete(self, photo, rows_kept, num_images, temperature, top_k, seed, progress=gr.Progress()):
+        image = open_photo(photo)
+        height, width = self.handler.image_size
+        rows_kept = int(rows_kept)
+        if not 0 <= rows_kept < height:
+            raise ValueError(f"rows to keep must lie in [0, {height - 1}] for {height}-row images, got {rows_kept}")
+        original = self.quantized(image)
+        prompt = np.array(original)  # (H, W, 3)
+        prompt[rows_kept:] = 128
+        streamer = PixelProgress(progress, (height - rows_kept) * width, width)
+        completions = self.handler.complete(
+            image, num_images=int(num_images), prompt_fraction=rows_kept / height, seed=int(seed),
+            temperature=float(temperature), top_k=int(top_k), streamer=streamer,
+        )
+        shown = [(original, "original (palette)"), (PIL.Image.fromarray(prompt), f"top {rows_kept} rows kept")]
+        shown += [(completion, f"completion {index + 1}") for index, completion in enumerate(completions)]
+        return [(enlarge(picture), caption) for picture, caption in shown]
+
+    def classify(self, photo):
+        labels = self.handler.classify(open_photo(photo), top_k=5)
+        return {entry["label"]: entry["score"] for entry in labels}
+
+    def neighbours(self, photo, layer):
+        query = self.handler.features([open_photo(photo)], int(layer))  # (1, d)
+        tiles = self.features_of_tiles(int(layer))  # (n, d)
+        similarity = (tiles @ (query / query.norm(dim=-1, keepdim=True)).T)[:, 0]  # (n,) cosine
+        order = similarity.argsort(descending=True)[:5]
+        return [(self.tiles[index][1], f"{self.tiles[index][0]} {similarity[index]:.2f}") for index in order]
+
+    def features_of_tiles(self, layer: int):
+        if layer not in self.tile_features:
+            features = self.handler.features([tile for _, tile in self.tiles], layer)  # (n, d)
+            self.tile_features[layer] = features / features.norm(dim=-1, keepdim=True)
+        return self.tile_features[layer]
+
+
+def cut_into_tiles(image: PIL.Image.Image, rows: int, columns: int):
+    """The tiles of a rows x columns grid over the image, row by row."""
+    height, width = image.height // rows, image.width // columns
+    for row in range(rows):
+        for column in range(columns):
+            yield image.crop((column * width, row * height, (column + 1) * width, (row + 1) * height))
+
+
+def build_demo(handler: EndpointHandler, name: str) -> gr.Blocks:
+    """The app for one loaded checkpoint; its tabs follow `handler.kind`."""
+    demo_state = Demo(handler, name)
+    config, (height, width) = handler.config, handler.image_size
+    examples = [[str(path)] for path in demo_state.examples.values()]
+    with gr.Blocks(title=f"Image GPT: {name}", analytics_enabled=False) as demo:
+        gr.Markdown(
+            f"# {name}\n**Image GPT** ({handler.kind} checkpoint, {handler.model.num_parameters():,} parameters, "
+            f"{config.num_hidden_layers} layers): {height} x {width} images, a {config.vocab_size - 1}-colour palette, "
+            "pixels in raster order. Chen et al., *Generative Pretraining from Pixels* (ICML 2020)."
+        )
+        if handler.kind == "generative":
+            with gr.Tab("Samples", id="samples"):
+                with gr.Row():
+                    num_samples = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="Number of images")
+                    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
+                    top_k = gr.Slider(0, config.vocab_size - 1, value=min(64, config.vocab_size - 1), step=1,
+                                      label="Top-k (0: off)")
+                    seed = gr.Number(0, precision=0, label="Seed")
+                sample_button = gr.Button("Sample", variant="primary")
+                samples = gr.Gallery(label="Samples", columns=8, height="auto", elem_id="samples")
+                sample_button.click(shows_errors(demo_state.sample), [num_samples, temperature, top_k, seed], samples)
+            with gr.Tab("Complete a photo", id="complete"):
+                with gr.Row():
+                    with gr.Column():
+                        photo = photo_input("complete_photo")
+                        gr.Examples(examples, inputs=photo, label="Example photos")
+                    with gr.Column():
+                        rows_kept = gr.Slider(0, height - 1, value=height // 2, step=1, label=f"Rows to keep (of {height})")
+                        num_completions = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Completions")
+                        temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
+                        top_k = gr.Slider(0, config.vocab_size - 1, value=min(64, config.vocab_size - 1), step=1,
+                                          label="Top-k (0: off)")
+                        seed = gr.Number(0, precision=0, label="Seed")
+                        complete_button = gr.Button("Complete", variant="primary", elem_id="complete_button")
+                completions = gr.Gallery(label="Original, prompt and completions", columns=6, height="auto",
+                                         elem_id="completions")
+                complete_button.click(
+                    shows_errors(demo_state.complete),
+                    [photo, rows_kept, num_completions, temperature, top_k, seed], completions,
+                )
+        if handler.kind == "classifier":
+            with gr.Tab("Classify", id="classify"):
+                with gr.Row():
+                    with gr.Column():
+                        photo = photo_input("classify_photo")
+                        gr.Examples(examples, inputs=photo, label="Example photos")
+                        classify_button = gr.Button("Classify", variant="primary", elem_id="classify_button")
+                    labels = gr.Label(num_top_classes=5, label="Top-5 labels", elem_id="labels")
+                classify_button.click(shows_errors(demo_state.classify), photo, labels)
+        if handler.kind in ("generative", "features"):
+            with gr.Tab("Nearest neighbours", id="neighbours"):
+                gr.Markdown(
+                    f"The five closest of {len(demo_state.tiles)} tiles cut from the example photos, with their cosine "
+                    "similarity: probe features f^l, the mean over positions of layer l's normalised hidden state."
+                )
+                with gr.Row():
+                    with gr.Column():
+                        photo = photo_input("neighbours_photo")
+                        gr.Examples(examples, inputs=photo, label="Example photos")
+                        layer = gr.Slider(0, config.num_hidden_layers, value=handler.default_layer, step=1, label="Layer l")
+                        neighbours_button = gr.Button("Find neighbours", variant="primary", elem_id="neighbours_button")
+                    neighbours = gr.Gallery(label="Nearest tiles", columns=5, height="auto", elem_id="neighbours")
+                neighbours_button.click(shows_errors(demo_state.neighbours), [photo, layer], neighbours)
+    return demo
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line / Space entry point
+
+
+def load_handler(model: str, revision: str | None = None) -> EndpointHandler:
+    """A checkpoint folder, or a Hub repo id (downloaded, or read from the cache with HF_HUB_OFFLINE=1)."""
+    folder = model if Path(model).is_dir() else snapshot_download(model, revision=revision)
+    return EndpointHandler(folder)
+
+
+def space_settings() -> dict:
+    path = HERE / "space.json"  # written by hub_cards.space.write_space
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    settings = space_settings()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("IGPT_MODEL") or settings.get("model"),
+                        help="checkpoint folder or Hub repo id (default: $IGPT_MODEL, then space.json)")
+    parser.add_argument("--revision", default=os.environ.get("IGPT_REVISION") or settings.get("revision"),
+                        help="commit of the repo to load: pin it, the app runs the repository's code")
+    parser.add_argument("--host", default=None, help="address to serve on (gradio's default: 127.0.0.1, 0.0.0.0 in a Space)")
+    parser.add_argument("--port", type=int, default=None, help="port (gradio's default: 7860)")
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error("name a checkpoint: --model PATH_OR_REPO, the IGPT_MODEL variable, or space.json")
+    return args
+
+
+def main(argv: list[str] | None = None):
+    args = parse_args(argv)
+    with contextlib.suppress(ImportError):
+        import modeling_igpt  # noqa: F401  installed: its registered classes serve checkpoints without published code
+    handler = load_handler(args.model, args.revision)
+    demo = build_demo(handler, name=Path(args.model.rstrip("/")).name)
+    demo.queue().launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()
