@@ -67,7 +67,7 @@ def run(quick: bool = False, data_dir=DEFAULT_DATA_DIR, n_images: int = 2000, ba
     one_image_fresh = _one_image_ms(clusters, images[:20], fresh=True)
     one_image_warm = _one_image_ms(clusters, images[20:70], fresh=False)
 
-    image_processing_igpt.clear_colour_tables()  # time a palette's first pass, then its steady state
+    image_processing_igpt.colour_table.cache_clear()  # time a palette's first pass, then its steady state
     theirs_rate, theirs_ids = _images_per_second(theirs, images, batch_size)
     cold_rate, cold_ids = _images_per_second(ours, images, batch_size)
     steady_rate = max(_images_per_second(ours, images, batch_size)[0] for _ in range(3))

@@ -7,16 +7,22 @@ the sequence is read in raster order. `IGPTImageProcessor` does exactly that and
 This file is copied to the Hugging Face Hub next to a model, so it imports only numpy, PIL, torch and transformers.
 """
 
-import hashlib
+import functools
 import io
-from collections import OrderedDict
 
 import numpy as np
 import PIL.Image
 import torch
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
+from transformers.image_transforms import convert_to_rgb
+from transformers.image_utils import (
+    ChannelDimension,
+    PILImageResampling,
+    SizeDict,
+    infer_channel_dimension_format,
+    to_numpy_array,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
@@ -44,92 +50,74 @@ def to_rgb_uint8(image, input_data_format: str | ChannelDimension | None = None)
     """Convert a PIL image (any mode), numpy array, torch tensor or encoded file (PNG/JPEG... `bytes`, or a
     `{"bytes": ..., "path": ...}` dict as an undecoded `datasets.Image` column gives) to an (H, W, 3) uint8 RGB array.
 
-    Arrays may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} (4 = RGBA, composited onto white as transformers
-    does); which axis holds the channels is decided by `channel_axis` (numpy channels-last, torch channels-first, unless
-    `input_data_format` says otherwise). Value ranges by dtype: uint8 as is; uint16 (and PIL "I;16"/"I") scaled by
-    255/65535; other integers must lie in [0, 255]; floats (and PIL "F") must lie in [0, 1] and are rounded to the
-    nearest 8-bit level; bool is 0/255.
+    Arrays may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} (4 = RGBA, composited onto white by transformers'
+    `convert_to_rgb`); which axis holds the channels is decided by `channel_axis` (numpy channels-last, torch
+    channels-first, unless `input_data_format` says otherwise). Value ranges by dtype (`pixels_to_uint8`): uint8 as is;
+    uint16 (and PIL "I;16"/"I") scaled by 255/65535; other integers must lie in [0, 255]; floats (and PIL "F") must lie
+    in [0, 1] and are rounded to the nearest 8-bit level; bool is 0/255.
     """
     if is_encoded_image(image):
         image = decode_image_file(image)
     if isinstance(image, PIL.Image.Image):
-        return _pil_to_rgb(image)
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"Got a zero-size image of size {image.size}.")
+        if image.mode.startswith("I"):  # 16-bit grayscale: scaled as uint16 below
+            pixels = np.asarray(image)
+            if pixels.min() < 0 or pixels.max() > 65535:
+                raise ValueError(f"Mode {image.mode} pixels must lie in [0, 65535].")
+            image = pixels.astype(np.uint16)
+        elif image.mode == "F":  # float pixels: checked to lie in [0, 1] below
+            image = np.asarray(image)
+        else:  # 8-bit modes; transparency is composited onto white
+            return convert_to_rgb(image, return_numpy=True)
     channels_first = isinstance(image, torch.Tensor)  # torch's convention; numpy's is channels-last
-    if channels_first:
-        image = image.detach().cpu()
-        image = (image.float() if image.is_floating_point() else image).numpy()
-    array = np.asarray(image)
+    if channels_first and image.dtype == torch.bfloat16:
+        image = image.float()  # numpy has no bfloat16
+    array = to_numpy_array(image) if channels_first else np.asarray(image)
     if array.size == 0:
         raise ValueError(f"Got a zero-size image of shape {array.shape}.")
     if array.ndim == 2:
         array = array[..., None]
     elif array.ndim == 3:
-        array = np.moveaxis(array, channel_axis(array.shape, input_data_format, channels_first), -1)
+        array = np.moveaxis(array, channel_axis(array, input_data_format, channels_first), -1)
     else:
         raise ValueError(f"An image must have 2 or 3 dimensions, got shape {array.shape}.")
-    array = _to_uint8(array)  # (H, W, C)
-    channels = array.shape[-1]
-    if channels == 1:
-        return np.repeat(array, 3, axis=-1)
-    if channels == 4:
-        alpha = array[..., 3:] / 255.0
-        return np.round(alpha * array[..., :3] + (1 - alpha) * 255).astype(np.uint8)
-    return array
+    return convert_to_rgb(pixels_to_uint8(array), return_numpy=True, input_data_format=ChannelDimension.LAST)
 
 
-def channel_axis(shape: tuple[int, ...], input_data_format=None, channels_first: bool = False) -> int:
+def channel_axis(image: np.ndarray, input_data_format=None, channels_first: bool = False) -> int:
     """The channel axis (0 or -1) of a 3-D image array: the one rule the processor and `fit_palette` share.
 
     1. `input_data_format` ("channels_first" / "channels_last"), when given, decides (and must point at 1, 3 or 4).
     2. Otherwise, when both ends of the shape could hold channels (1, 3 or 4 entries: a 4 x 4 x 3 or 3 x 10 x 3 image),
        the container's convention decides: numpy arrays (and nested lists) are channels-last, as `np.asarray(pil_image)`
        is; torch tensors are channels-first, as torchvision's are (`channels_first=True`).
-    3. When only one end can hold channels, it is that one (a (3, 32, 32) array, a (32, 32, 3) tensor).
+    3. When only one end can hold channels, it is that one (a (3, 32, 32) array, a (32, 32, 3) tensor), as transformers'
+       `infer_channel_dimension_format` finds.
 
-    transformers' `infer_channel_dimension_format` instead takes the first axis whenever both could be channels (with
-    a log warning), which reads small channels-last numpy images wrong; this processor never guesses that way.
+    In case 2 transformers' `infer_channel_dimension_format` takes the first axis (with a log warning), which reads
+    small channels-last numpy images wrong; this processor never guesses that way.
     """
-    if input_data_format is not None:
-        axis = 0 if ChannelDimension(input_data_format) == ChannelDimension.FIRST else -1
-        if shape[axis] not in CHANNEL_COUNTS:
-            raise ValueError(
-                f"input_data_format={ChannelDimension(input_data_format).value!r} puts {shape[axis]} channels on axis "
-                f"{axis} of an image of shape {tuple(shape)}; images have 1, 3 or 4 channels."
-            )
-        return axis
+    shape = image.shape
     first, last = shape[0] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
-    if first and last:
-        return 0 if channels_first else -1
-    if first or last:
-        return 0 if first else -1
-    raise ValueError(f"An image must have 1, 3 or 4 channels on its first or last axis, got shape {tuple(shape)}.")
+    if input_data_format is None and first and last:
+        input_data_format = ChannelDimension.FIRST if channels_first else ChannelDimension.LAST
+    elif input_data_format is None and (first or last):
+        input_data_format = infer_channel_dimension_format(image, num_channels=CHANNEL_COUNTS)
+    elif input_data_format is None:
+        raise ValueError(f"An image must have 1, 3 or 4 channels on its first or last axis, got shape {tuple(shape)}.")
+    axis = 0 if ChannelDimension(input_data_format) == ChannelDimension.FIRST else -1
+    if shape[axis] not in CHANNEL_COUNTS:
+        raise ValueError(
+            f"input_data_format={ChannelDimension(input_data_format).value!r} puts {shape[axis]} channels on axis "
+            f"{axis} of an image of shape {tuple(shape)}; images have 1, 3 or 4 channels."
+        )
+    return axis
 
 
-def is_encoded_image(image) -> bool:
-    """Encoded image file contents: raw bytes, or a dict with "bytes" / "path" (an undecoded `datasets.Image`)."""
-    return isinstance(image, (bytes, bytearray, memoryview)) or (
-        isinstance(image, dict) and ("bytes" in image or "path" in image)
-    )
-
-
-def decode_image_file(image) -> PIL.Image.Image:
-    """PNG/JPEG/... bytes, or `{"bytes": bytes or None, "path": str or None}` -> a loaded PIL image."""
-    if isinstance(image, dict):
-        source = image.get("bytes") if image.get("bytes") is not None else image.get("path")
-        if source is None:
-            raise ValueError(f"An image dict needs 'bytes' or 'path', got {image!r}.")
-    else:
-        source = bytes(image)
-    try:
-        decoded = PIL.Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-        decoded.load()
-    except (OSError, PIL.UnidentifiedImageError) as error:
-        what = f"{len(source)} bytes" if isinstance(source, (bytes, bytearray)) else repr(source)
-        raise ValueError(f"Could not decode an image from {what}: {error}") from None
-    return decoded
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def pixels_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Pixels of any dtype -> uint8, refusing values outside the dtype's range (transformers' conversions would
+    truncate or wrap them silently)."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_:
@@ -152,23 +140,40 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unsupported pixel dtype {array.dtype}.")
 
 
-def _pil_to_rgb(image: PIL.Image.Image) -> np.ndarray:
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"Got a zero-size image of size {image.size}.")
-    if image.mode == "RGB":
-        return np.asarray(image)
-    if image.mode.startswith("I"):  # 16-bit grayscale
-        pixels = np.asarray(image)
-        if pixels.min() < 0 or pixels.max() > 65535:
-            raise ValueError(f"Mode {image.mode} pixels must lie in [0, 65535].")
-        return to_rgb_uint8(pixels.astype(np.uint16))
-    if image.mode == "F":
-        return to_rgb_uint8(np.asarray(image))
-    if "A" in image.getbands() or "transparency" in image.info:  # composite onto white, as transformers does
-        rgba = image.convert("RGBA")
-        white = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = PIL.Image.alpha_composite(white, rgba)
-    return np.asarray(image.convert("RGB"))
+def is_encoded_image(image) -> bool:
+    """Encoded image file contents: raw bytes, or a dict with "bytes" / "path" (an undecoded `datasets.Image`)."""
+    return isinstance(image, (bytes, bytearray, memoryview)) or (
+        isinstance(image, dict) and ("bytes" in image or "path" in image)
+    )
+
+
+def decode_image_file(image) -> PIL.Image.Image:
+    """PNG/JPEG/... bytes, or `{"bytes": bytes or None, "path": str or None}` -> a loaded PIL image (transformers'
+    `load_image` takes paths, URLs and base64 text, not bytes)."""
+    if isinstance(image, dict):
+        source = image.get("bytes") if image.get("bytes") is not None else image.get("path")
+        if source is None:
+            raise ValueError(f"An image dict needs 'bytes' or 'path', got {image!r}.")
+    else:
+        source = bytes(image)
+    try:
+        decoded = PIL.Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        decoded.load()
+    except (OSError, PIL.UnidentifiedImageError) as error:
+        what = f"{len(source)} bytes" if isinstance(source, (bytes, bytearray)) else repr(source)
+        raise ValueError(f"Could not decode an image from {what}: {error}") from None
+    return decoded
+
+
+def flattenable(image):
+    """One input as transformers' flattening (`make_flat_list_of_images`) takes it: an encoded file decoded, a 2-D
+    (grayscale) array given its channel axis where its convention puts it (numpy last, torch first), so that
+    `channel_axis` reads a 3 x 4 gray image as gray."""
+    if is_encoded_image(image):
+        return decode_image_file(image)
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 2:
+        return image[None] if isinstance(image, torch.Tensor) else image[..., None]
+    return image
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -246,36 +251,27 @@ def _nearest_for_colours(codes: np.ndarray, levels: np.ndarray, clusters: np.nda
     return nearest_cluster(levels[np.arange(3), unpack_colours(codes)], clusters)
 
 
-# A palette's answers for the 256^3 8-bit colours, filled in as colours are met: 0 = not computed yet, else id + 1.
-# Kept outside the processor so that pickling or saving it never carries 32 MB. Small batches skip it: a one-image
-# call (a pipeline) would pay more for the table's first page faults than for a direct search.
-_COLOUR_TABLES: "OrderedDict[bytes, np.ndarray]" = OrderedDict()
-_MAX_COLOUR_TABLES = 4
-_TABLE_MIN_PIXELS = 1 << 16
+TABLE_MIN_PIXELS = 1 << 16  # smaller calls (a pipeline's one image) search directly: cheaper than a table's first pages
 
 
-def clear_colour_tables() -> None:
-    """Forget every palette's colour table (frees up to 4 x 32 MB; the next large batch starts a palette's first pass)."""
-    _COLOUR_TABLES.clear()
+@functools.lru_cache(maxsize=2)
+def colour_table(palette: bytes, n_clusters: int) -> np.ndarray:
+    """(2^24,) a palette's answers for the 256^3 8-bit colours, filled in by `quantize` as colours are met: 0 = not
+    computed yet, else id + 1. `palette` is the processed levels' and the clusters' bytes.
 
-
-def _colour_table(levels: np.ndarray, clusters: np.ndarray) -> np.ndarray:
-    key = hashlib.sha1(levels.tobytes() + clusters.tobytes()).digest()
-    if key not in _COLOUR_TABLES:
-        _COLOUR_TABLES[key] = np.zeros(1 << 24, dtype=np.uint16 if len(clusters) < 65535 else np.uint32)
-        while len(_COLOUR_TABLES) > _MAX_COLOUR_TABLES:
-            _COLOUR_TABLES.popitem(last=False)
-    _COLOUR_TABLES.move_to_end(key)
-    return _COLOUR_TABLES[key]
+    Kept here, not on the processor, so that pickling or saving a processor never carries 32 MB; at most two palettes
+    are kept, and `colour_table.cache_clear()` frees them (the next large batch then starts a palette's first pass).
+    """
+    return np.zeros(1 << 24, dtype=np.uint16 if n_clusters < 65535 else np.uint32)
 
 
 def quantize(images: np.ndarray, levels: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 RGB -> (...) int64 nearest-cluster ids; same ids as `nearest_cluster` on the processed pixels."""
     codes = pack_colours(images)  # (...)
-    if codes.size < _TABLE_MIN_PIXELS:
+    if codes.size < TABLE_MIN_PIXELS:
         colours, inverse = np.unique(codes, return_inverse=True)
         return _nearest_for_colours(colours, levels, clusters)[inverse].reshape(codes.shape)
-    table = _colour_table(levels, clusters)
+    table = colour_table(levels.tobytes() + clusters.tobytes(), len(clusters))
     ids = table[codes]
     missing = ids == 0
     if missing.any():
@@ -430,27 +426,23 @@ class IGPTImageProcessor(PilBackend):
         """One raw image -> (H, W, 3) uint8 RGB (channels last: this processor's own `_preprocess` consumes it)."""
         return to_rgb_uint8(image, input_data_format)
 
-    def _prepare_images_structure(self, images, expected_ndims: int = 3):
-        if isinstance(images, (list, tuple)) and len(images) == 0:
-            raise ValueError("Got an empty list of images: pass at least one image.")
-        # Encoded files (bytes, undecoded datasets.Image dicts) are decoded here: transformers' flattening refuses them.
-        if is_encoded_image(images):
-            images = decode_image_file(images)
-        elif isinstance(images, (list, tuple)) and any(is_encoded_image(image) for image in images):
-            images = [decode_image_file(image) if is_encoded_image(image) else image for image in images]
-        # transformers' flattening rejects 2-D (grayscale) arrays; give them a channel axis where their convention
-        # puts it (numpy last, torch first), so that `channel_axis` reads a 3 x 4 gray image as gray.
-        if _is_2d_array(images):
-            images = _with_channel_axis(images)
-        elif isinstance(images, (list, tuple)) and any(_is_2d_array(image) for image in images):
-            images = [_with_channel_axis(image) if _is_2d_array(image) else image for image in images]
-        flat = super()._prepare_images_structure(images, expected_ndims=expected_ndims)
-        if len(flat) == 0:  # e.g. [[]] or an empty (0, H, W, C) batch
+    def _preprocess_image_like_inputs(self, images, *args, **kwargs) -> BatchFeature:
+        # The hook transformers documents for custom orchestration (BaseImageProcessor's docstring) around its
+        # flattening into one image per entry and `_preprocess`.
+        if isinstance(images, (list, tuple)):
+            if len(images) == 0:
+                raise ValueError("Got an empty list of images: pass at least one image.")
+            images = [flattenable(image) for image in images]
+        else:
+            images = flattenable(images)
+        images = self._prepare_image_like_inputs(images, **kwargs)  # (H, W, 3) uint8 each, by `process_image`
+        if len(images) == 0:  # e.g. [[]] or an empty (0, H, W, C) batch
             raise ValueError("Got no images (an empty batch): pass at least one image.")
-        return flat
+        return self._preprocess(images, *args, **kwargs)
 
     def _validate_preprocess_kwargs(self, do_center_crop=None, crop_size=None, **kwargs):
-        # Our crop is to `size`, so transformers' check for `crop_size` does not apply.
+        # transformers checks `do_center_crop` against `crop_size` before any public hook runs, and has no public way
+        # to say that this processor crops to `size` (its gemma4 and kimi_k25 processors override this method too).
         super()._validate_preprocess_kwargs(**kwargs)
         size = kwargs.get("size")
         if kwargs.get("do_resize") and not (size.height and size.width):
@@ -549,14 +541,6 @@ class IGPTImageProcessor(PilBackend):
         is_images = isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], PIL.Image.Image)
         images = input_ids if is_images else self.decode(input_ids, **decode_kwargs)
         return make_image_grid(images, nrow=nrow, padding=padding)
-
-
-def _is_2d_array(image) -> bool:
-    return isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 2
-
-
-def _with_channel_axis(image):
-    return image[None] if isinstance(image, torch.Tensor) else image[..., None]
 
 
 IGPTImageProcessor.register_for_auto_class("AutoImageProcessor")

@@ -143,7 +143,7 @@ def test_hub_file_runs_alone_with_trust_remote_code(tmp_path):
 
 def test_hub_file_imports_only_allowed_modules():
     source = Path(image_processing_igpt.__file__).read_text()
-    allowed = {"numpy", "PIL", "torch", "transformers", "hashlib", "collections", "io"}
+    allowed = {"numpy", "PIL", "torch", "transformers", "functools", "io"}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             assert {alias.name.split(".")[0] for alias in node.names} <= allowed
@@ -472,12 +472,15 @@ def test_pipelines_with_an_igpt_model():
     assert features.shape == (1, 64, 32)
 
 
-def test_clear_colour_tables_forgets_the_tables_and_keeps_the_ids():
+def test_colour_tables_are_bounded_and_clearing_them_keeps_the_ids():
     rng = np.random.default_rng(0)
-    processor = IGPTImageProcessor(clusters=rng.uniform(-1, 1, (16, 3)), size={"height": 32, "width": 32})
     images = list(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))  # 65,536 pixels: large enough for a table
-    before = processor(images, return_tensors="np")["input_ids"]
-    assert len(image_processing_igpt._COLOUR_TABLES) >= 1
-    image_processing_igpt.clear_colour_tables()
-    assert len(image_processing_igpt._COLOUR_TABLES) == 0
-    np.testing.assert_array_equal(processor(images, return_tensors="np")["input_ids"], before)
+    processors = [IGPTImageProcessor(clusters=rng.uniform(-1, 1, (16, 3))) for _ in range(3)]
+    before = [processor(images, return_tensors="np")["input_ids"] for processor in processors]
+    tables = image_processing_igpt.colour_table.cache_info()
+    assert tables.currsize == tables.maxsize == 2  # three palettes met, two tables kept
+    image_processing_igpt.colour_table.cache_clear()
+    assert image_processing_igpt.colour_table.cache_info().currsize == 0
+    for processor, ids in zip(processors, before):
+        np.testing.assert_array_equal(processor(images, return_tensors="np")["input_ids"], ids)
+        np.testing.assert_array_equal(ids, reference_ids(np.stack(images), processor.clusters).reshape(64, -1))
