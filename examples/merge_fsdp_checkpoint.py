@@ -19,18 +19,14 @@ and a processor that does not fit the model.
 import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
 
+from accelerate.utils import merge_fsdp_weights
+from transformers import AutoConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from accelerate.utils import merge_fsdp_weights  # noqa: E402
-from transformers import AutoConfig  # noqa: E402
-
-import modeling_igpt  # noqa: E402
-from image_processing import IGPTImageProcessor  # noqa: E402
-from modeling_igpt.compatibility import check_model_fits_tokenizer  # noqa: E402
+import modeling_igpt
+from image_processing import IGPTImageProcessor
+from modeling_igpt.compatibility import check_model_fits_tokenizer
 
 
 SHARDED_WEIGHTS_FOLDER = "pytorch_model_fsdp_0"  # accelerate's FSDP_MODEL_NAME + model index 0

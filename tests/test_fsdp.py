@@ -26,10 +26,10 @@ import pytest
 import torch
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling
 
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 FSDP_CONFIG = os.path.join(ROOT, "examples", "accelerate_configs", "fsdp2.yaml")
@@ -226,11 +226,11 @@ def test_merged_checkpoint_loads_with_from_pretrained(fsdp_run, tmp_path):
 
 
 def test_merge_refuses_a_folder_without_shards(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    from merge_fsdp_checkpoint import merge_fsdp_checkpoint
+    from example_scripts import load_example
 
+    merge = load_example("merge_fsdp_checkpoint")
     with pytest.raises(FileNotFoundError, match="no sharded FSDP weights"):
-        merge_fsdp_checkpoint(tmp_path, tmp_path / "merged")
+        merge.merge_fsdp_checkpoint(tmp_path, tmp_path / "merged")
 
 
 def test_deepspeed_config_is_zero3_with_trainer_filled_values():
