@@ -7,7 +7,7 @@ key for key. This file is shipped to the Hub next to the weights: it imports onl
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -379,30 +379,17 @@ class IGPTModel(IGPTPreTrainedModel):
         self.check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_length)
 
         hidden_states = self.embed(input_ids, inputs_embeds, position_ids, bool_masked_pos, past_length)  # (B, T, d)
-        if causal and not self.sees_every_cached_key(cache, attention_mask, past_length, hidden_states.shape[1]):
-            attention_mask = create_causal_mask(
-                config=self.config,
-                inputs_embeds=hidden_states,
-                attention_mask=attention_mask,
-                cache=cache,
-                position_ids=position_ids,
-            )
-        elif not causal:  # BERT: padding only (a 2-D mask added to (B, nh, T, S) scores as-is would broadcast wrongly)
-            attention_mask = create_bidirectional_mask(
-                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
-            )
+        attention_mask = self.attention_mask_for(hidden_states, attention_mask, cache, position_ids, past_length)
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for block in self.h:
+        for layer, (hidden_states, attn_weights) in enumerate(
+            self.run_layers(hidden_states, attention_mask, cache, **kwargs)
+        ):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states, attn_weights = block(hidden_states, attention_mask, cache, **kwargs)
-            if output_attentions:
+            if output_attentions and layer > 0:
                 all_attentions += (attn_weights,)
-        hidden_states = self.ln_f(hidden_states)  # n^L
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
 
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
@@ -410,6 +397,52 @@ class IGPTModel(IGPTPreTrainedModel):
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
+
+    def attention_mask_for(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_length: int | torch.Tensor = 0,
+    ) -> torch.Tensor | None:
+        """The mask the blocks get: causal (AR) unless one new token sees every cached key; padding only (BERT)."""
+        if self.config.objective == "bert":  # a 2-D mask added to (B, nh, T, S) scores as-is would broadcast wrongly
+            return create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+            )
+        if self.sees_every_cached_key(cache, attention_mask, past_length, hidden_states.shape[1]):
+            return attention_mask
+        return create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+
+    def run_layers(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        depth: int | None = None,
+        **kwargs,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The trunk's loop over its blocks, one hidden state at a time.
+
+        Yields (h^l, attention weights of block l - 1) for l = 0..depth (all L blocks by default): h^l is block l's input
+        (B, T, d) and the last one, at l = L, is n^L = ln_f(h^L), as in `hidden_states`. The blocks past `depth` never
+        run, so a probe of a middle layer pays only for the layers below it.
+        """
+        depth = self.config.num_hidden_layers if depth is None else depth
+        attn_weights = None  # no block has run yet
+        for block in self.h if depth == self.config.num_hidden_layers else self.h[:depth]:
+            yield hidden_states, attn_weights
+            hidden_states, attn_weights = block(hidden_states, attention_mask, cache, **kwargs)
+        if depth == self.config.num_hidden_layers:
+            hidden_states = self.ln_f(hidden_states)  # n^L
+        yield hidden_states, attn_weights
 
     @staticmethod
     def sees_every_cached_key(cache: Cache | None, attention_mask, past_length, query_length: int) -> bool:
@@ -448,21 +481,13 @@ class IGPTModel(IGPTPreTrainedModel):
         wanted = [self.layer_index(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
         if not wanted:
             raise ValueError("layers must name at least one hidden state")
-        causal_mask = None
         self.check_inputs(input_ids)
         hidden_states = self.embed(input_ids, bool_masked_pos=bool_masked_pos)  # h^0: (B, T, d)
-        if self.config.objective == "autoregressive":
-            causal_mask = create_causal_mask(
-                config=self.config, inputs_embeds=hidden_states, attention_mask=None, cache=None
-            )
+        attention_mask = self.attention_mask_for(hidden_states)
         features = {}
-        for layer in range(max(wanted) + 1):
-            if layer == self.config.num_hidden_layers:
-                features[layer] = self.ln_f(hidden_states).mean(dim=1)
-                break
+        for layer, (hidden_states, _) in enumerate(self.run_layers(hidden_states, attention_mask, depth=max(wanted))):
             if layer in wanted:
-                features[layer] = self.h[layer].ln_1(hidden_states).mean(dim=1)  # (B, d)
-            hidden_states, _ = self.h[layer](hidden_states, causal_mask, None)
+                features[layer] = self.normed_hidden_state(hidden_states, layer).mean(dim=1)  # f^l: (B, d)
         stacked = torch.stack([features[layer] for layer in wanted], dim=1)  # (B, k, d)
         if isinstance(layers, int):
             return stacked[:, 0]

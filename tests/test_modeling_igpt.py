@@ -229,18 +229,36 @@ def test_autoregressive_loss_with_one_longer_labels_predicts_every_pixel():
 # --- Features and classification ---------------------------------------------------------------------------------------
 
 
-def test_probe_features_are_mean_of_normed_hidden_states():
-    model = randomize(IGPTModel(tiny_config()))
+@pytest.mark.parametrize("objective", ["autoregressive", "bert"])
+def test_probe_features_are_mean_of_normed_hidden_states(objective):
+    model = randomize(IGPTModel(tiny_config(objective=objective)))
     tokens = pixels()
+    mask = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(1)) < 0.3 if objective == "bert" else None
     with torch.no_grad():
-        states = model(tokens, output_hidden_states=True).hidden_states
-        features = model.get_probe_features(tokens, layers=[1, 3], concat=False)
-        middle = model.get_probe_features(tokens, layers=1)
+        states = model(tokens, bool_masked_pos=mask, output_hidden_states=True).hidden_states
+        features = model.get_probe_features(tokens, layers=[1, 3], concat=False, bool_masked_pos=mask)
+        middle = model.get_probe_features(tokens, layers=1, bool_masked_pos=mask)
+        first_two = model.get_probe_features(tokens, layers=[0, -3], bool_masked_pos=mask)
     expected_1 = model.h[1].ln_1(states[1]).mean(1)
     assert torch.allclose(features[:, 0], expected_1, atol=1e-6)
     assert torch.allclose(features[:, 1], states[3].mean(1), atol=1e-6)  # n^L = ln_f(h^L)
     assert torch.allclose(middle, expected_1, atol=1e-6)
-    assert model.get_probe_features(tokens, layers=[0, 1, 2]).shape == (2, 96)
+    assert torch.allclose(first_two, torch.cat([model.h[0].ln_1(states[0]).mean(1), expected_1], dim=1), atol=1e-6)
+
+
+def test_probe_features_run_only_the_blocks_below_the_deepest_layer():
+    model = IGPTModel(tiny_config()).eval()
+    ran = []
+    for layer, block in enumerate(model.h):
+        block.register_forward_hook(lambda module, args, output, layer=layer: ran.append(layer))
+    with torch.no_grad():
+        model.get_probe_features(pixels(), layers=[0, 1])
+        assert ran == [0]  # f^1 reads block 1's input: blocks 1 and 2 never run
+        ran.clear()
+        model.get_probe_features(pixels(), layers=0)
+        assert ran == []
+        model.get_probe_features(pixels(), layers=-1)
+        assert ran == [0, 1, 2]
 
 
 def test_classifier_pools_the_configured_layer_and_joint_loss_adds_generation():
