@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--regularization", settings["regularization"], "--max_iter", str(settings["max_iter"]),
         "--batch_size", str(settings["batch_size"]), "--concat_layers", "0",
     ]  # fmt: skip
-    final_probe_train = ["--max_train_samples", str(settings["probe_train_samples"])] if settings["probe_train_samples"] else []
+    final_probe_train = []  # every training image unless the preset says how many
+    if settings["probe_train_samples"]:
+        final_probe_train = ["--max_train_samples", str(settings["probe_train_samples"])]
     save_steps = settings["max_steps"] // settings["checkpoints"]
     shape = f"{settings['num_hidden_layers']}-layer d={settings['hidden_size']} iGPT"
     results = {}
@@ -351,7 +353,9 @@ def main(argv: list[str] | None = None) -> dict:
             "bert_best_layer_test_accuracy": bert["best_layer_test_accuracy"],
             "bert_best_layer_mask_ensemble_test_accuracy": bert["best_layer_test_accuracy_mask_ensemble"],
             # the loss on the masked 15% of pixels only: not comparable with the AR model's bits/dim
-            "bert_final_validation_masked_bits_per_dim": read_json(f"{bert_pretrained}/eval_results.json")["eval_bits_per_dim"],
+            "bert_final_validation_masked_bits_per_dim": read_json(f"{bert_pretrained}/eval_results.json")[
+                "eval_bits_per_dim"
+            ],
         })  # fmt: skip
 
     if args.finetune:
@@ -414,14 +418,15 @@ def print_summary(results: dict, out: str):
     ]
     if "bert_best_layer" in results:
         lines.append(
-            f"BERT probe       {layers(results['bert_probe_test_accuracy_by_layer'])}; best layer {results['bert_best_layer']} -> "
-            f"{results['bert_best_layer_test_accuracy']:.3f} test, {results['bert_best_layer_mask_ensemble_test_accuracy']:.3f} "
-            f"with the {NUM_MASKS}-mask ensemble"
+            f"BERT probe       {layers(results['bert_probe_test_accuracy_by_layer'])}; best layer "
+            f"{results['bert_best_layer']} -> {results['bert_best_layer_test_accuracy']:.3f} test, "
+            f"{results['bert_best_layer_mask_ensemble_test_accuracy']:.3f} with the {NUM_MASKS}-mask ensemble"
         )
     if "finetune_test_accuracy" in results:
         lines.append(
-            f"fine-tuned       {results['finetune_test_accuracy']:.3f} test (model of step {results['finetune_stop_step']}, "
-            f"chosen on validation) vs best-layer probe {results['best_layer_test_accuracy']:.3f}"
+            f"fine-tuned       {results['finetune_test_accuracy']:.3f} test (model of step "
+            f"{results['finetune_stop_step']}, chosen on validation) vs best-layer probe "
+            f"{results['best_layer_test_accuracy']:.3f}"
         )
     for entry in results.get("low_data", []):
         lines.append(

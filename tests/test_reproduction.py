@@ -4,6 +4,7 @@ numbers are checked against the data and the saved models, recomputed here, not 
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +46,17 @@ STEP_TIMES = (  # one process each; low-data fits run inside the final probe's p
 )  # fmt: skip
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=1200
-    )
+def run(script: str, *args: str, timeout: float = 2400) -> subprocess.CompletedProcess:
+    """`python examples/<script> args`; on timeout the script and the step processes it started are all stopped."""
+    command = [sys.executable, str(EXAMPLES / script), *args]
+    with subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the steps' processes too
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,8 @@ def splits() -> dict[str, datasets.Dataset]:
     scripts: the raw-pixel refit below matching the script's number shows they are the splits the scripts used."""
     digits = load_digits()
     pixels = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+    names = [str(digit) for digit in range(10)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     images = [Image.fromarray(image, mode="L") for image in pixels]
     dataset = datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
     split = dataset.train_test_split(test_size=0.2, stratify_by_column="label", seed=0)
@@ -80,7 +89,7 @@ def labels_of(split: datasets.Dataset) -> np.ndarray:
 
 
 def fit_probe(train_x, train_y, validation_x, validation_y, strengths, max_iter):
-    """The documented probe: logistic regression on standardised inputs, the first C with the best validation accuracy."""
+    """The documented probe: logistic regression on standardised inputs, the first C of best validation accuracy."""
     best = None
     for strength in strengths:
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=strength, max_iter=max_iter)).fit(train_x, train_y)
@@ -94,6 +103,7 @@ def argmax(by_layer: dict[str, float]) -> int:
     return int(max(by_layer, key=by_layer.get))
 
 
+@pytest.mark.slow
 def test_results_hold_every_number_the_issue_asks_for(study):
     output, results = study
     assert ISSUE_KEYS | FLAG_KEYS <= set(results)
@@ -116,16 +126,19 @@ def test_results_hold_every_number_the_issue_asks_for(study):
             assert image.format == "PNG" and image.width > 200
 
 
+@pytest.mark.slow
 def test_every_step_is_timed_separately_within_the_whole(study):
     _, results = study
     steps = [results[f"{name}_wall_time_seconds"] for name in STEP_TIMES]
     assert all(seconds > 0 for seconds in steps)
     assert sum(steps) <= results["wall_time_seconds"]  # run one after another, inside the study's own time
     checkpoints = results["checkpoints"]
-    assert results["checkpoint_probes_wall_time_seconds"] == pytest.approx(sum(p["wall_time_seconds"] for p in checkpoints))
+    checkpoint_seconds = sum(point["wall_time_seconds"] for point in checkpoints)
+    assert results["checkpoint_probes_wall_time_seconds"] == pytest.approx(checkpoint_seconds)
     assert 0 <= results["low_data_wall_time_seconds"] <= results["final_probe_wall_time_seconds"]
 
 
+@pytest.mark.slow
 def test_best_layers_are_chosen_on_validation_and_reported_on_test(study):
     _, results = study
     for prefix, best_key, test_key in [
@@ -140,6 +153,7 @@ def test_best_layers_are_chosen_on_validation_and_reported_on_test(study):
     assert results["bert_best_layer_mask_ensemble_test_accuracy"] == ensemble
 
 
+@pytest.mark.slow
 def test_checkpoints_follow_training_and_their_bits_per_dim_come_from_the_trainer(study):
     output, results = study
     checkpoints = results["checkpoints"]
@@ -169,6 +183,7 @@ def raw_pixels(output: Path, splits) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return arrays
 
 
+@pytest.mark.slow
 def test_raw_pixel_baseline_is_logistic_regression_on_the_processors_pixels(study, splits):
     """Recompute the baseline here from the saved processor and the same split: same C, same test accuracy."""
     output, results = study
@@ -183,6 +198,7 @@ def test_raw_pixel_baseline_is_logistic_regression_on_the_processors_pixels(stud
     assert results["raw_pixels_test_accuracy"] > 0.9  # digits are nearly linearly separable in pixel space
 
 
+@pytest.mark.slow
 def test_low_data_probes_use_the_documented_label_subsets(study, splits):
     """Per size, 5 subsets of n labels per class drawn with the seed's generator: refitting raw pixels on those subsets
     (C chosen on validation) gives the reported accuracies, and every mean +- std is that of its per-subset numbers."""
@@ -192,6 +208,7 @@ def test_low_data_probes_use_the_documented_label_subsets(study, splits):
     pixels = raw_pixels(output, splits)
     (train_x, train_y), (test_x, test_y) = pixels["train"], pixels["test"]
     strengths = [float(strength) for strength in results["settings"]["regularization"].split(",")]
+    max_iter = results["settings"]["max_iter"]
     rng = np.random.default_rng(SEED)
     for per_class, entry in zip(sizes, results["low_data"]):
         assert len(entry["test_accuracies"]) == len(entry["raw_pixels_test_accuracies"]) == 5
@@ -200,7 +217,7 @@ def test_low_data_probes_use_the_documented_label_subsets(study, splits):
             rows = np.concatenate(
                 [rng.choice(np.flatnonzero(train_y == label), per_class, replace=False) for label in np.unique(train_y)]
             )
-            fitted = fit_probe(train_x[rows], train_y[rows], *pixels["validation"], strengths, results["settings"]["max_iter"])
+            fitted = fit_probe(train_x[rows], train_y[rows], *pixels["validation"], strengths, max_iter)
             refits.append(fitted.score(test_x, test_y))
         assert refits == pytest.approx(entry["raw_pixels_test_accuracies"])
         for accuracies, mean, std in [
@@ -210,6 +227,7 @@ def test_low_data_probes_use_the_documented_label_subsets(study, splits):
             assert mean == pytest.approx(np.mean(accuracies)) and std == pytest.approx(np.std(accuracies)) and std > 0
 
 
+@pytest.mark.slow
 def test_bert_run_has_the_ar_runs_budget_shape_and_palette(study):
     output, results = study
     ar, bert = output / "pretrained", output / "bert_pretrained"
@@ -221,7 +239,8 @@ def test_bert_run_has_the_ar_runs_budget_shape_and_palette(study):
         assert bert_config[key] == ar_config[key], key
     ar_state, bert_state = (json.loads((folder / "trainer_state.json").read_text()) for folder in (ar, bert))
     assert bert_state["global_step"] == ar_state["global_step"] == results["settings"]["max_steps"]
-    assert bert_state["train_batch_size"] == ar_state["train_batch_size"] == results["settings"]["per_device_train_batch_size"]
+    batch = results["settings"]["per_device_train_batch_size"]
+    assert bert_state["train_batch_size"] == ar_state["train_batch_size"] == batch
 
 
 @torch.no_grad()
@@ -236,6 +255,7 @@ def bert_features(trunk, processor, split, layer: int, seed: int, batch_size: in
     return np.concatenate(chunks)
 
 
+@pytest.mark.slow
 def test_bert_best_layer_probe_and_its_mask_ensemble_recomputed(study, splits):
     """Refit the BERT model's best-layer probe (one mask per image, as trained) and score test both ways: under the
     first mask, and by the modal class over 5 independent masks (ties broken at random, seeded)."""
@@ -260,6 +280,7 @@ def test_bert_best_layer_probe_and_its_mask_ensemble_recomputed(study, splits):
     assert np.mean(modal == test_y) == pytest.approx(results["bert_best_layer_mask_ensemble_test_accuracy"])
 
 
+@pytest.mark.slow
 def test_finetune_accuracy_is_the_saved_validation_chosen_classifier_on_test(study, splits):
     """The classifier saved at the end is the checkpoint of the best validation accuracy (the stop step); its own
     predictions on the validation and test images give the reported numbers."""
@@ -268,8 +289,9 @@ def test_finetune_accuracy_is_the_saved_validation_chosen_classifier_on_test(stu
     history = {int(step): accuracy for step, accuracy in results["finetune_validation_accuracy_by_step"].items()}
     best_step = max(history, key=history.get)  # the first of equals, as the Trainer keeps it
     assert results["finetune_stop_step"] == best_step and results["finetune_validation_accuracy"] == history[best_step]
-    assert sorted(history) == list(range(settings["finetune_eval_steps"], results["finetune_steps_trained"] + 1, settings["finetune_eval_steps"]))
-    if results["finetune_steps_trained"] < settings["finetune_max_steps"]:  # stopped early: `patience` evaluations without gain
+    every = settings["finetune_eval_steps"]
+    assert sorted(history) == list(range(every, results["finetune_steps_trained"] + 1, every))
+    if results["finetune_steps_trained"] < settings["finetune_max_steps"]:  # stopped early: `patience` evaluations
         assert sum(step > best_step for step in history) == settings["early_stopping_patience"]
     saved = load_file(finetuned / "model.safetensors")
     chosen = load_file(finetuned / f"checkpoint-{best_step}" / "model.safetensors")
@@ -277,7 +299,8 @@ def test_finetune_accuracy_is_the_saved_validation_chosen_classifier_on_test(stu
 
     model = IGPTForImageClassification.from_pretrained(finetuned).eval()
     processor = IGPTImageProcessor.from_pretrained(finetuned)
-    for name, reported in [("validation", results["finetune_validation_accuracy"]), ("test", results["finetune_test_accuracy"])]:
+    reported_accuracies = {"validation": results["finetune_validation_accuracy"], "test": results["finetune_test_accuracy"]}
+    for name, reported in reported_accuracies.items():
         pixel_ids = processor(list(splits[name]["image"]), return_tensors="pt")["input_ids"]  # (N, T)
         start = torch.full_like(pixel_ids[:, :1], model.config.start_token_id)
         with torch.no_grad():
