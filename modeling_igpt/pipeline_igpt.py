@@ -38,6 +38,7 @@ class IGPTImageGenerationPipeline(Pipeline):
         any other keyword (`top_k`, `temperature`, `do_sample`, ...) goes to `model.generate` (default do_sample=True).
     """
 
+    # Which processors pipeline() loads for this class: transformers reads these class flags and has no public setting.
     _load_image_processor = True
     _load_tokenizer = False
     _load_feature_extractor = False
