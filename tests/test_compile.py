@@ -9,37 +9,18 @@ from unittest import mock
 import torch
 from transformers import StaticCache
 
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling
 
-
-CLUSTERS = 16
+CLUSTERS = 16  # the tiny models and images of tests/conftest.py: 16 colours, 6 x 6 positions
 POSITIONS = 36
 
 
-def tiny_model(seed: int = 0) -> IGPTForCausalImageModeling:
-    config = IGPTConfig(
-        vocab_size=CLUSTERS + 1, max_position_embeddings=POSITIONS, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4,
-    )
-    torch.manual_seed(seed)
-    model = IGPTForCausalImageModeling(config)
-    with torch.no_grad():  # the paper init zeroes the head, which would make every comparison trivial
-        model.lm_head.weight.normal_(0.0, 0.5)
-    return model
-
-
-def images(batch: int = 2, seed: int = 0) -> torch.Tensor:
-    pixels = torch.randint(0, CLUSTERS, (batch, POSITIONS), generator=torch.Generator().manual_seed(seed))
-    return torch.cat([torch.full((batch, 1), CLUSTERS), pixels[:, :-1]], dim=1)  # [start, x_1 .. x_{N-1}]
-
-
-def test_sdpa_is_the_default_attention():
+def test_sdpa_is_the_default_attention(tiny_model):
     assert tiny_model().config._attn_implementation == "sdpa"
 
 
-def test_training_step_compiles_to_one_graph_with_eager_gradients():
+def test_training_step_compiles_to_one_graph_with_eager_gradients(tiny_model, image_tokens):
     model = tiny_model().train()
-    tokens = images()
+    tokens = image_tokens(2)
     eager_loss = model(tokens, labels=tokens).loss
     eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
 
@@ -52,9 +33,9 @@ def test_training_step_compiles_to_one_graph_with_eager_gradients():
         torch.testing.assert_close(compiled_grad, eager_grad)
 
 
-def test_static_cache_decode_step_compiles_to_one_graph():
+def test_static_cache_decode_step_compiles_to_one_graph(tiny_model, image_tokens):
     model = tiny_model().eval()
-    tokens = images()
+    tokens = image_tokens(2)
     prefill = 5
     cache = StaticCache(config=model.config, max_cache_len=POSITIONS)
     decode = torch.compile(model, fullgraph=True, backend="aot_eager")
@@ -67,7 +48,7 @@ def test_static_cache_decode_step_compiles_to_one_graph():
     torch.testing.assert_close(torch.cat([step_one.logits, step_two.logits], dim=1), expected)
 
 
-def test_transformers_compiled_static_cache_generate_is_token_identical_to_eager():
+def test_transformers_compiled_static_cache_generate_is_token_identical_to_eager(tiny_model):
     """The path an accelerator takes (transformers' loop over a fixed-shape StaticCache, compiled forward; CUDA graphs
     there), run on the CPU. transformers compiles only on accelerators and has no public switch for the CPU, so the
     forward is compiled here; `cache_implementation="dynamic"` for the eager side and a dict output for the compiled
@@ -86,9 +67,9 @@ def test_transformers_compiled_static_cache_generate_is_token_identical_to_eager
     assert torch.equal(compiled.sequences, eager)
 
 
-def test_bf16_autocast_keeps_softmax_and_loss_in_fp32():
+def test_bf16_autocast_keeps_softmax_and_loss_in_fp32(tiny_model, image_tokens):
     model = tiny_model().train()
-    tokens = images()
+    tokens = image_tokens(2)
     fp32_loss = model(tokens, labels=tokens).loss
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(tokens, labels=tokens)

@@ -9,34 +9,19 @@ import warnings
 
 import pytest
 import torch
-from transformers import ImageGPTConfig, ImageGPTForCausalImageModeling
 
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling
-from modeling_igpt.convert_imagegpt import copy_weights, imagegpt_to_igpt_config
 
 
-CLUSTERS = 16
+CLUSTERS = 16  # the ImageGPT pairs and images of tests/conftest.py: 16 colours + the start token
 START = CLUSTERS
-POSITIONS = 25
+POSITIONS = 25  # a 5 x 5 image
 
 
 @pytest.fixture(scope="module")
-def pair():
+def pair(imagegpt_pair):
     """(ImageGPT, IGPT) with the same random weights (the paper init zeroes the head: every comparison would tie)."""
-    torch.manual_seed(0)
-    config = ImageGPTConfig(vocab_size=CLUSTERS + 1, n_positions=POSITIONS, n_embd=32, n_layer=2, n_head=4)
-    reference = ImageGPTForCausalImageModeling(config).eval()
-    with torch.no_grad():
-        for param in reference.parameters():
-            param.normal_(0.0, 0.3)
-    ours = IGPTForCausalImageModeling(imagegpt_to_igpt_config(reference.config)).eval()
-    copy_weights(reference, ours)
-    return reference, ours
-
-
-def prompts(batch: int, length: int, seed: int = 0) -> torch.LongTensor:
-    pixels = torch.randint(0, CLUSTERS, (batch, length - 1), generator=torch.Generator().manual_seed(seed))
-    return torch.cat([torch.full((batch, 1), START), pixels], dim=1)
+    return imagegpt_pair(n_positions=POSITIONS)
 
 
 def uncached_greedy(model, tokens: torch.LongTensor, new_tokens: int) -> torch.LongTensor:
@@ -63,14 +48,14 @@ def test_config_declares_special_tokens_generate_reads(pair):
     assert IGPTConfig.from_dict(config.to_dict()).eos_token_id is None
 
 
-def test_beam_search_matches_imagegpt(pair):
-    prompt = prompts(2, 4)
+def test_beam_search_matches_imagegpt(pair, image_tokens):
+    prompt = image_tokens(2, 4)
     reference, ours = both(pair, input_ids=prompt, num_beams=3, do_sample=False, max_new_tokens=6)
     assert torch.equal(ours, reference)
 
 
-def test_beam_search_dict_output_matches_imagegpt(pair):
-    prompt = prompts(2, 4)
+def test_beam_search_dict_output_matches_imagegpt(pair, image_tokens):
+    prompt = image_tokens(2, 4)
     options = dict(num_beams=3, num_return_sequences=2, do_sample=False, max_new_tokens=6, output_scores=True)
     reference, ours = both(pair, input_ids=prompt, return_dict_in_generate=True, **options)
     assert torch.equal(ours.sequences, reference.sequences)
@@ -78,13 +63,13 @@ def test_beam_search_dict_output_matches_imagegpt(pair):
     torch.testing.assert_close(torch.stack(ours.scores), torch.stack(reference.scores), rtol=1e-5, atol=1e-5)
 
 
-def test_beam_sampling_matches_imagegpt_under_the_same_seed(pair):
-    prompt = prompts(2, 4)
+def test_beam_sampling_matches_imagegpt_under_the_same_seed(pair, image_tokens):
+    prompt = image_tokens(2, 4)
     reference, ours = both(pair, seed=3, input_ids=prompt, num_beams=3, do_sample=True, top_k=8, max_new_tokens=6)
     assert torch.equal(ours, reference)
 
 
-def test_assisted_decoding_gives_greedy_tokens(pair):
+def test_assisted_decoding_gives_greedy_tokens(pair, image_tokens):
     """The assistant drafts, IGPT verifies: the tokens must be IGPT's greedy ones, whatever the assistant proposes."""
     _, ours = pair
     torch.manual_seed(1)
@@ -94,16 +79,16 @@ def test_assisted_decoding_gives_greedy_tokens(pair):
     ).eval()  # fmt: skip
     with torch.no_grad():
         assistant.lm_head.weight.normal_(0.0, 0.5)
-    prompt = prompts(1, 4)
+    prompt = image_tokens(1, 4)
     assisted = ours.generate(prompt, assistant_model=assistant, do_sample=False, max_new_tokens=10)
     assert torch.equal(assisted, uncached_greedy(ours, prompt, 10))
     self_assisted = ours.generate(prompt, assistant_model=ours, do_sample=False, max_new_tokens=10)
     assert torch.equal(self_assisted, assisted)
 
 
-def test_generation_from_inputs_embeds_matches_imagegpt_and_continues(pair):
+def test_generation_from_inputs_embeds_matches_imagegpt_and_continues(pair, image_tokens):
     reference, ours = pair
-    prompt = prompts(2, 4)
+    prompt = image_tokens(2, 4)
     embeds = ours.get_input_embeddings()(prompt)
     from_ids = uncached_greedy(ours, prompt, 6)
     with torch.no_grad():
@@ -120,9 +105,9 @@ def test_generation_from_inputs_embeds_matches_imagegpt_and_continues(pair):
     assert torch.equal(torch.cat([first.sequences, second], dim=1), from_ids[:, 4:])
 
 
-def test_left_padding_matches_imagegpt_and_unpadded_rows(pair):
+def test_left_padding_matches_imagegpt_and_unpadded_rows(pair, image_tokens):
     reference, ours = pair
-    short, long = prompts(1, 3, seed=1), prompts(1, 5, seed=2)
+    short, long = image_tokens(1, 3, seed=1), image_tokens(1, 5, seed=2)
     batch = torch.cat([torch.cat([torch.zeros(1, 2, dtype=torch.long), short], dim=1), long])  # (2, 5)
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     reference_out, ours_out = both(pair, input_ids=batch, attention_mask=mask, do_sample=False, max_new_tokens=6)
@@ -131,9 +116,9 @@ def test_left_padding_matches_imagegpt_and_unpadded_rows(pair):
     assert torch.equal(ours_out[1], uncached_greedy(ours, long, 6)[0])
 
 
-def test_logits_to_keep_matches_the_full_forward_and_generate_uses_it(pair):
+def test_logits_to_keep_matches_the_full_forward_and_generate_uses_it(pair, image_tokens):
     _, ours = pair
-    tokens = prompts(2, 9)
+    tokens = image_tokens(2, 9)
     with torch.no_grad():
         full = ours(tokens).logits
         last_two = ours(tokens, logits_to_keep=2).logits
@@ -149,7 +134,7 @@ def test_logits_to_keep_matches_the_full_forward_and_generate_uses_it(pair):
     assert torch.equal(generated, uncached_greedy(ours, tokens, 3))
 
 
-def test_static_cache_compiled_generation_matches_uncached_loop(pair):
+def test_static_cache_compiled_generation_matches_uncached_loop(pair, image_tokens):
     """IGPT's compiled static-cache decoding (on the CPU: generation_igpt.decode_images) against the oracle.
 
     Not against ImageGPT: its own static-cache generate disagrees with its dynamic-cache greedy tokens (transformers
@@ -157,25 +142,25 @@ def test_static_cache_compiled_generation_matches_uncached_loop(pair):
     fixed-shape compiled path on IGPT.
     """
     _, ours = pair
-    prompt = prompts(2, 3)
+    prompt = image_tokens(2, 3)
     decoded = ours.generate(prompt, do_sample=False, max_length=POSITIONS + 1, cache_implementation="static")
     assert torch.equal(decoded, uncached_greedy(ours, prompt, POSITIONS + 1 - 3))
 
 
-def test_mtp_is_refused_as_by_imagegpt(pair):
+def test_mtp_is_refused_as_by_imagegpt(pair, image_tokens):
     messages = []
     for model in pair:
         with pytest.raises(ValueError, match="num_mtp_layers") as error:
-            model.generate(prompts(1, 3), use_mtp=True, max_new_tokens=2)
+            model.generate(image_tokens(1, 3), use_mtp=True, max_new_tokens=2)
         messages.append(str(error.value))
     assert messages[0] == messages[1]
 
 
-def test_past_key_values_is_the_deprecated_name_of_cache(pair):
+def test_past_key_values_is_the_deprecated_name_of_cache(pair, image_tokens):
     """The old name works (with a FutureWarning, as on ImageGPT); before, it vanished into **kwargs: a step without
     its cache, last-position logits off by ~10."""
     _, ours = pair
-    tokens = prompts(2, 10)
+    tokens = image_tokens(2, 10)
     with torch.no_grad():
         full = ours(tokens).logits[:, -1]
         prefix = ours(tokens[:, :-1], use_cache=True)
@@ -188,9 +173,9 @@ def test_past_key_values_is_the_deprecated_name_of_cache(pair):
     torch.testing.assert_close(ours.lm_head(trunk_step.last_hidden_state[:, -1]), full, rtol=1e-5, atol=1e-5)
 
 
-def test_unused_keywords_are_refused_by_name(pair):
+def test_unused_keywords_are_refused_by_name(pair, image_tokens):
     _, ours = pair
-    tokens = prompts(2, 6)
+    tokens = image_tokens(2, 6)
     for call in (
         lambda: ours(tokens, token_type_ids=torch.zeros_like(tokens)),
         lambda: ours.transformer(tokens, token_type_ids=torch.zeros_like(tokens)),
@@ -202,10 +187,10 @@ def test_unused_keywords_are_refused_by_name(pair):
         ours.generate(tokens, token_type_ids=torch.zeros_like(tokens), max_new_tokens=2, do_sample=False)
 
 
-def test_keywords_generate_and_trainer_pass_are_still_accepted(pair):
+def test_keywords_generate_and_trainer_pass_are_still_accepted(pair, image_tokens):
     """What **kwargs is for: generate()'s output flags, Trainer's num_items_in_batch (into the loss)."""
     _, ours = pair
-    tokens = prompts(2, 6)
+    tokens = image_tokens(2, 6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation warning on the current names
         output = ours.generate(
@@ -217,10 +202,10 @@ def test_keywords_generate_and_trainer_pass_are_still_accepted(pair):
     torch.testing.assert_close(summed / (2 * 5), mean)  # 5 targets per row: the loss divided by what it was given
 
 
-def test_greedy_dict_outputs_match_imagegpt(pair):
+def test_greedy_dict_outputs_match_imagegpt(pair, image_tokens):
     """Scores, logits, per-step attentions and hidden states of generate(), eager attention on both sides."""
     reference, ours = pair
-    prompt = prompts(2, 4)
+    prompt = image_tokens(2, 4)
     options = dict(
         do_sample=False, max_new_tokens=3, return_dict_in_generate=True, output_scores=True, output_logits=True,
         output_attentions=True, output_hidden_states=True,
@@ -243,9 +228,9 @@ def test_greedy_dict_outputs_match_imagegpt(pair):
     assert [len(step) for step in actual.hidden_states] == [len(step) for step in expected.hidden_states]
 
 
-def test_cache_format_and_continuing_from_a_returned_cache(pair):
+def test_cache_format_and_continuing_from_a_returned_cache(pair, image_tokens):
     _, ours = pair
-    prompt = prompts(2, 4)
+    prompt = image_tokens(2, 4)
     first = ours.generate(prompt, do_sample=False, max_new_tokens=3, return_dict_in_generate=True)
     cache = first.cache
     assert len(cache.layers) == ours.config.num_hidden_layers

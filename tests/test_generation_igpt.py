@@ -13,30 +13,11 @@ from transformers.utils import logging as transformers_logging
 
 import modeling_igpt.generation_igpt as generation
 import modeling_igpt.modeling_igpt as modeling
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling
 from modeling_igpt.generation_igpt import IGPTPrefixCache, decode_images
 
 
-CLUSTERS = 16
-START = CLUSTERS
+CLUSTERS = 16  # the tiny models and images of tests/conftest.py: 16 colours + the start token, 6 x 6 positions
 POSITIONS = 36
-
-
-def tiny_model(seed: int = 0) -> IGPTForCausalImageModeling:
-    config = IGPTConfig(
-        vocab_size=CLUSTERS + 1, max_position_embeddings=POSITIONS, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = IGPTForCausalImageModeling(config).eval()
-    with torch.no_grad():  # the paper init zeroes the head, which would make every comparison trivial
-        model.lm_head.weight.normal_(0.0, 0.5)
-    return model
-
-
-def prompts(batch: int, length: int, seed: int = 0) -> torch.LongTensor:
-    pixels = torch.randint(0, CLUSTERS, (batch, length - 1), generator=torch.Generator().manual_seed(seed))
-    return torch.cat([torch.full((batch, 1), START), pixels], dim=1)
 
 
 def spy_on_decoder():
@@ -52,9 +33,9 @@ def compile_short_requests(monkeypatch):
 TRANSFORMERS_LOOP = dict(cache_implementation="dynamic")  # a public way to keep transformers' loop
 
 
-def test_prefix_cache_returns_the_filled_positions_and_matches_an_uncached_forward():
+def test_prefix_cache_returns_the_filled_positions_and_matches_an_uncached_forward(tiny_model, image_tokens):
     model = tiny_model()
-    tokens = prompts(2, POSITIONS)
+    tokens = image_tokens(2, POSITIONS)
     cache = IGPTPrefixCache(model.config, max_cache_len=POSITIONS + 1)
     with torch.no_grad():
         full = model(tokens, use_cache=False).logits
@@ -73,11 +54,13 @@ def test_prefix_cache_returns_the_filled_positions_and_matches_an_uncached_forwa
 
 
 
-def test_default_generate_decodes_token_identically_with_one_graph_for_every_length(compile_short_requests):
+def test_default_generate_decodes_token_identically_with_one_graph_for_every_length(
+    compile_short_requests, tiny_model, image_tokens
+):
     model = tiny_model()
     with spy_on_decoder() as decoder:
         for batch, length in ((3, 1), (2, 12)):  # a whole image, then a completion of a larger prefix
-            prompt = prompts(batch, length)
+            prompt = image_tokens(batch, length)
             expected = model.generate(prompt, do_sample=False, **TRANSFORMERS_LOOP)  # not the decoder
             if batch == 2:  # everything about this call was seen before: compiling again would be a bug
                 torch.compiler.set_stance("fail_on_recompile")
@@ -93,10 +76,10 @@ def test_default_generate_decodes_token_identically_with_one_graph_for_every_len
     assert decoder.call_count == 1
 
 
-def test_compiled_decoder_sees_new_weights(compile_short_requests):
+def test_compiled_decoder_sees_new_weights(compile_short_requests, tiny_model, image_tokens):
     """The decoder skips Dynamo's guards after two checked steps; parameters are graph inputs, so updates count."""
     model = tiny_model()
-    prompt = prompts(2, 1)
+    prompt = image_tokens(2, 1)
     model.generate(prompt, do_sample=False)
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
@@ -105,15 +88,16 @@ def test_compiled_decoder_sees_new_weights(compile_short_requests):
     assert torch.equal(decoded, model.generate(prompt, do_sample=False, **TRANSFORMERS_LOOP))
 
 
-def test_short_requests_run_the_decoder_eagerly():
+def test_short_requests_run_the_decoder_eagerly(tiny_model, image_tokens):
     model = tiny_model()
     with mock.patch.object(generation, "compiled_decode_step", wraps=generation.compiled_decode_step) as compiled:
-        decoded = model.generate(prompts(2, 3), max_new_tokens=8, do_sample=False)
+        decoded = model.generate(image_tokens(2, 3), max_new_tokens=8, do_sample=False)
     assert compiled.call_count == 0
-    assert torch.equal(decoded, model.generate(prompts(2, 3), max_new_tokens=8, do_sample=False, **TRANSFORMERS_LOOP))
+    expected = model.generate(image_tokens(2, 3), max_new_tokens=8, do_sample=False, **TRANSFORMERS_LOOP)
+    assert torch.equal(decoded, expected)
 
 
-def test_sampling_matches_transformers_loop_under_the_same_seed_and_streams_every_token():
+def test_sampling_matches_transformers_loop_under_the_same_seed_and_streams_every_token(tiny_model, image_tokens):
     class Collect(BaseStreamer):
         def __init__(self):
             self.chunks, self.ended = [], False
@@ -125,7 +109,7 @@ def test_sampling_matches_transformers_loop_under_the_same_seed_and_streams_ever
             self.ended = True
 
     model = tiny_model()
-    prompt = prompts(3, 5)
+    prompt = image_tokens(3, 5)
     options = dict(do_sample=True, top_k=6, temperature=0.8)
     torch.manual_seed(7)
     expected = model.generate(prompt, **options, **TRANSFORMERS_LOOP)
@@ -152,9 +136,9 @@ def test_sampling_matches_transformers_loop_under_the_same_seed_and_streams_ever
     ],
     ids=["dict-output", "max-time", "padding", "cache", "beams", "no-cache", "dynamic-cache"],
 )
-def test_requests_the_decoder_does_not_cover_go_through_transformers(options):
+def test_requests_the_decoder_does_not_cover_go_through_transformers(options, tiny_model, image_tokens):
     model = tiny_model()
-    prompt = prompts(2, 3)
+    prompt = image_tokens(2, 3)
     with spy_on_decoder() as decoder:
         output = model.generate(prompt, max_new_tokens=4, do_sample=False, **options)
     assert decoder.call_count == 0
@@ -162,9 +146,9 @@ def test_requests_the_decoder_does_not_cover_go_through_transformers(options):
     assert sequences.shape == (2, 7)
 
 
-def test_decoder_as_custom_generate_refuses_what_it_does_not_serve():
+def test_decoder_as_custom_generate_refuses_what_it_does_not_serve(tiny_model, image_tokens):
     model = tiny_model()
-    prompt = prompts(2, 3)
+    prompt = image_tokens(2, 3)
     padded = dict(attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
     with pytest.raises(ValueError, match="attention mask with padding"):
         model.generate(prompt, max_new_tokens=4, do_sample=False, custom_generate=decode_images, **padded)
@@ -174,38 +158,40 @@ def test_decoder_as_custom_generate_refuses_what_it_does_not_serve():
     assert torch.equal(served, model.generate(prompt, max_new_tokens=4, do_sample=False, **TRANSFORMERS_LOOP))
 
 
-def test_too_long_request_is_a_clear_error():
+def test_too_long_request_is_a_clear_error(tiny_model, image_tokens):
     model = tiny_model()
     with pytest.raises(ValueError, match="Sequence too long"):
-        model.generate(prompts(1, 1), max_length=POSITIONS + 5, disable_compile=True)
+        model.generate(image_tokens(1, 1), max_length=POSITIONS + 5, disable_compile=True)
 
 
-def test_default_length_is_a_whole_image_and_max_new_tokens_alone_logs_no_length_clash(caplog):
+def test_default_length_is_a_whole_image_and_max_new_tokens_alone_logs_no_length_clash(
+    caplog, tiny_model, image_tokens
+):
     model = tiny_model()
     assert model.generate(do_sample=False).shape == (1, POSITIONS + 1)  # start token + every pixel
-    assert model.generate(prompts(2, 12), do_sample=False).shape == (2, POSITIONS + 1)  # the rest of the image
+    assert model.generate(image_tokens(2, 12), do_sample=False).shape == (2, POSITIONS + 1)  # the rest of the image
     transformers_logging.enable_propagation()
     try:
         with caplog.at_level(logging.WARNING):
-            generated = model.generate(prompts(2, 3), max_new_tokens=4, do_sample=False)
+            generated = model.generate(image_tokens(2, 3), max_new_tokens=4, do_sample=False)
     finally:
         transformers_logging.disable_propagation()
     assert generated.shape == (2, 7)
     assert not [record for record in caplog.records if "max_length" in record.getMessage()]
 
 
-def test_trunk_skips_the_mask_only_for_caches_that_hand_back_exactly_the_filled_positions():
+def test_trunk_skips_the_mask_only_for_caches_that_hand_back_exactly_the_filled_positions(tiny_model, image_tokens):
     model = tiny_model()
     config = model.config
     sees_every_key = model.transformer.sees_every_cached_key
     filled = DynamicCache(config=config)
-    model(prompts(1, 5), cache=filled, use_cache=True)
+    model(image_tokens(1, 5), cache=filled, use_cache=True)
     assert sees_every_key(filled, None, 5, 1)
     assert not sees_every_key(filled, torch.ones(1, 6), 5, 1)  # a mask from the caller is the caller's
     assert not sees_every_key(filled, None, 5, 2)  # two new tokens: causal among themselves
     static = StaticCache(config=config, max_cache_len=POSITIONS)
-    model(prompts(1, 5), cache=static, use_cache=True)
+    model(image_tokens(1, 5), cache=static, use_cache=True)
     assert not sees_every_key(static, None, static.get_seq_length(), 1)  # unfilled slots must be masked
     prefix = IGPTPrefixCache(config, POSITIONS + 1)
-    model(prompts(1, 5), cache=prefix, use_cache=True)
+    model(image_tokens(1, 5), cache=prefix, use_cache=True)
     assert sees_every_key(prefix, None, 5, 1)

@@ -1,17 +1,11 @@
 """Core model: parity with transformers' ImageGPT, objectives, cache, features, Trainer, bad input."""
 
+import functools
 import math
 
 import pytest
 import torch
-from transformers import (
-    ImageGPTConfig,
-    ImageGPTForCausalImageModeling,
-    ImageGPTForImageClassification,
-    StaticCache,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import StaticCache, Trainer, TrainingArguments
 
 from modeling_igpt import (
     IGPTConfig,
@@ -20,29 +14,26 @@ from modeling_igpt import (
     IGPTForMaskedImageModeling,
     IGPTModel,
 )
-from modeling_igpt.convert_imagegpt import copy_weights, imagegpt_to_igpt_config
 
 
-CLUSTERS = 16
+CLUSTERS = 16  # the tiny models of tests/conftest.py: 16 colours + the start token, 6 x 6 positions
 VOCAB = CLUSTERS + 1
 START = CLUSTERS
 POSITIONS = 36
 
 
-def tiny_config(**overrides) -> IGPTConfig:
-    fields = dict(
-        vocab_size=VOCAB, max_position_embeddings=POSITIONS, hidden_size=32, num_hidden_layers=3, num_attention_heads=4
-    )
-    return IGPTConfig(**{**fields, **overrides})
+@pytest.fixture(scope="session")
+def tiny_config(tiny_config):
+    """Three layers here: a middle layer to probe and pool, as well as the first and the last."""
+    return functools.partial(tiny_config, num_hidden_layers=3)
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights everywhere (paper init zeroes the heads, which would hide head bugs)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + (1.0 if param.ndim == 1 else 0.0))
-    return model.eval()
+@pytest.fixture(scope="session")
+def imagegpt_pair(imagegpt_pair):
+    def build(attn_implementation: str, head: str = "causal"):
+        return imagegpt_pair(head, attn_implementation, n_layer=3, num_labels=5)
+
+    return build
 
 
 def pixels(batch: int = 2, length: int = POSITIONS, seed: int = 0) -> torch.Tensor:
@@ -51,21 +42,6 @@ def pixels(batch: int = 2, length: int = POSITIONS, seed: int = 0) -> torch.Tens
 
 def with_start(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.full((tokens.shape[0], 1), START), tokens[:, :-1]], dim=1)
-
-
-def imagegpt_pair(attn_implementation: str, head: str = "causal"):
-    source_class, target_class = {
-        "causal": (ImageGPTForCausalImageModeling, IGPTForCausalImageModeling),
-        "classify": (ImageGPTForImageClassification, IGPTForImageClassification),
-    }[head]
-    config = ImageGPTConfig(
-        vocab_size=VOCAB, n_positions=POSITIONS, n_embd=32, n_layer=3, n_head=4, num_labels=5,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )
-    reference = randomize(source_class(config))
-    ours = target_class._from_config(imagegpt_to_igpt_config(reference.config), attn_implementation=attn_implementation)
-    copy_weights(reference, ours)
-    return reference.eval(), ours.eval()
 
 
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5):
@@ -77,7 +53,7 @@ def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, rtol: fl
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_causal_logits_and_hidden_states_match_imagegpt(attn_implementation):
+def test_causal_logits_and_hidden_states_match_imagegpt(attn_implementation, imagegpt_pair):
     reference, ours = imagegpt_pair(attn_implementation)
     tokens = with_start(pixels())
     with torch.no_grad():
@@ -90,10 +66,10 @@ def test_causal_logits_and_hidden_states_match_imagegpt(attn_implementation):
         assert_close_relative(ours_state, reference_state)
 
 
-def test_flex_attention_matches_eager():
+def test_flex_attention_matches_eager(tiny_config, random_model):
     # flex_attention compiles its kernel (about 40 s on 2 CPU cores), hence one test for both objectives' masks.
     for objective in ("autoregressive", "bert"):
-        eager = randomize(IGPTModel._from_config(tiny_config(objective=objective), attn_implementation="eager"))
+        eager = random_model(IGPTModel._from_config(tiny_config(objective=objective), attn_implementation="eager"))
         flex = IGPTModel._from_config(tiny_config(objective=objective), attn_implementation="flex_attention").eval()
         flex.load_state_dict(eager.state_dict())
         tokens = pixels()
@@ -102,14 +78,14 @@ def test_flex_attention_matches_eager():
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_classifier_logits_match_imagegpt(attn_implementation):
+def test_classifier_logits_match_imagegpt(attn_implementation, imagegpt_pair):
     reference, ours = imagegpt_pair(attn_implementation, head="classify")
     tokens = pixels()
     with torch.no_grad():
         assert_close_relative(ours(tokens).logits, reference(tokens).logits)
 
 
-def test_greedy_generate_matches_imagegpt_and_uncached_loop():
+def test_greedy_generate_matches_imagegpt_and_uncached_loop(imagegpt_pair):
     reference, ours = imagegpt_pair("sdpa")
     prompt = torch.full((3, 1), START)
     generated = ours.generate(prompt, max_new_tokens=POSITIONS, do_sample=False)
@@ -125,14 +101,14 @@ def test_greedy_generate_matches_imagegpt_and_uncached_loop():
     assert torch.equal(generated, sequence)
 
 
-def test_unconditional_generate_starts_from_start_token_and_fills_the_image():
+def test_unconditional_generate_starts_from_start_token_and_fills_the_image(imagegpt_pair):
     _, ours = imagegpt_pair("sdpa")
     samples = ours.generate(do_sample=True, top_k=5, temperature=0.9, num_return_sequences=2)
     assert samples.shape == (2, POSITIONS + 1)
     assert (samples[:, 0] == START).all() and (samples[:, 1:] < CLUSTERS).all()
 
 
-def test_image_completion_keeps_the_prefix():
+def test_image_completion_keeps_the_prefix(imagegpt_pair):
     _, ours = imagegpt_pair("sdpa")
     prefix = with_start(pixels(batch=2))[:, : POSITIONS // 2]
     completed = ours.generate(prefix, max_new_tokens=POSITIONS - prefix.shape[1] + 1, do_sample=True, top_p=0.9)
@@ -140,7 +116,7 @@ def test_image_completion_keeps_the_prefix():
     assert torch.equal(completed[:, : prefix.shape[1]], prefix)
 
 
-def test_cached_and_uncached_logits_agree():
+def test_cached_and_uncached_logits_agree(imagegpt_pair):
     _, ours = imagegpt_pair("sdpa")
     tokens = with_start(pixels())
     with torch.no_grad():
@@ -150,7 +126,7 @@ def test_cached_and_uncached_logits_agree():
     assert_close_relative(torch.cat([first.logits, rest], dim=1), full)
 
 
-def test_static_cache_generate_matches_dynamic():
+def test_static_cache_generate_matches_dynamic(imagegpt_pair):
     _, ours = imagegpt_pair("sdpa")
     prompt = torch.full((2, 1), START)
     dynamic = ours.generate(prompt, max_new_tokens=12, do_sample=False)
@@ -166,8 +142,8 @@ def test_static_cache_generate_matches_dynamic():
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_autoregressive_model_leaks_nothing_from_the_future(attn_implementation):
-    model = randomize(IGPTModel._from_config(tiny_config(), attn_implementation=attn_implementation))
+def test_autoregressive_model_leaks_nothing_from_the_future(attn_implementation, tiny_config, random_model):
+    model = random_model(IGPTModel._from_config(tiny_config(), attn_implementation=attn_implementation))
     tokens = pixels()
     changed = tokens.clone()
     changed[:, 20] = (changed[:, 20] + 1) % CLUSTERS
@@ -178,8 +154,8 @@ def test_autoregressive_model_leaks_nothing_from_the_future(attn_implementation)
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_bert_model_sees_both_sides(attn_implementation):
-    model = randomize(IGPTModel._from_config(tiny_config(objective="bert"), attn_implementation=attn_implementation))
+def test_bert_model_sees_both_sides(attn_implementation, tiny_config, random_model):
+    model = random_model(IGPTModel._from_config(tiny_config(objective="bert"), attn_implementation=attn_implementation))
     tokens = pixels()
     changed = tokens.clone()
     changed[:, 20] = (changed[:, 20] + 1) % CLUSTERS
@@ -188,8 +164,8 @@ def test_bert_model_sees_both_sides(attn_implementation):
     assert not torch.allclose(before[:, :20], after[:, :20], atol=1e-3)
 
 
-def test_masked_token_embeddings_are_zero():
-    model = randomize(IGPTModel(tiny_config(objective="bert")))
+def test_masked_token_embeddings_are_zero(tiny_config, random_model):
+    model = random_model(IGPTModel(tiny_config(objective="bert")))
     tokens = pixels()
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     mask[:, ::3] = True
@@ -204,8 +180,8 @@ def test_masked_token_embeddings_are_zero():
         assert torch.equal(model(tokens, bool_masked_pos=mask)[0], model(changed, bool_masked_pos=mask)[0])
 
 
-def test_bert_loss_counts_masked_positions_only():
-    model = randomize(IGPTForMaskedImageModeling(tiny_config(objective="bert")))
+def test_bert_loss_counts_masked_positions_only(tiny_config, random_model):
+    model = random_model(IGPTForMaskedImageModeling(tiny_config(objective="bert")))
     tokens = pixels()
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     mask[:, 5] = True
@@ -216,8 +192,8 @@ def test_bert_loss_counts_masked_positions_only():
     assert 0 < drawn.float().mean() < 0.5
 
 
-def test_autoregressive_loss_with_one_longer_labels_predicts_every_pixel():
-    model = randomize(IGPTForCausalImageModeling(tiny_config()))
+def test_autoregressive_loss_with_one_longer_labels_predicts_every_pixel(tiny_config, random_model):
+    model = random_model(IGPTForCausalImageModeling(tiny_config()))
     image = pixels()
     inputs = with_start(image)
     labels = torch.cat([torch.full((2, 1), -100), image], dim=1)  # [-100, x_1 .. x_N]
@@ -230,8 +206,8 @@ def test_autoregressive_loss_with_one_longer_labels_predicts_every_pixel():
 
 
 @pytest.mark.parametrize("objective", ["autoregressive", "bert"])
-def test_probe_features_are_mean_of_normed_hidden_states(objective):
-    model = randomize(IGPTModel(tiny_config(objective=objective)))
+def test_probe_features_are_mean_of_normed_hidden_states(objective, tiny_config, random_model):
+    model = random_model(IGPTModel(tiny_config(objective=objective)))
     tokens = pixels()
     mask = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(1)) < 0.3 if objective == "bert" else None
     with torch.no_grad():
@@ -246,7 +222,7 @@ def test_probe_features_are_mean_of_normed_hidden_states(objective):
     assert torch.allclose(first_two, torch.cat([model.h[0].ln_1(states[0]).mean(1), expected_1], dim=1), atol=1e-6)
 
 
-def test_probe_features_run_only_the_blocks_below_the_deepest_layer():
+def test_probe_features_run_only_the_blocks_below_the_deepest_layer(tiny_config):
     model = IGPTModel(tiny_config()).eval()
     ran = []
     for layer, block in enumerate(model.h):
@@ -261,9 +237,9 @@ def test_probe_features_run_only_the_blocks_below_the_deepest_layer():
         assert ran == [0, 1, 2]
 
 
-def test_classifier_pools_the_configured_layer_and_joint_loss_adds_generation():
+def test_classifier_pools_the_configured_layer_and_joint_loss_adds_generation(tiny_config, random_model):
     config = tiny_config(num_labels=3, classifier_pooled_layer=2, generative_loss_weight=0.0)
-    model = randomize(IGPTForImageClassification(config))
+    model = random_model(IGPTForImageClassification(config))
     tokens, labels = with_start(pixels()), torch.tensor([0, 2])
     features = model.transformer.get_probe_features(tokens, layers=2)
     output = model(tokens, labels=labels)
@@ -276,15 +252,25 @@ def test_classifier_pools_the_configured_layer_and_joint_loss_adds_generation():
     assert torch.allclose(joint, clf_only + gen, atol=1e-5)
 
 
-def test_bert_classifier_mask_ensemble():
-    model = randomize(IGPTForImageClassification(tiny_config(objective="bert", num_labels=4)))
+def test_bert_classifier_mask_ensemble_predicts_the_modal_class_of_its_masks(tiny_config, random_model):
+    config = tiny_config(objective="bert", num_labels=4, mask_probability=0.5)  # masks that change the vote
+    model = random_model(IGPTForImageClassification(config))
     tokens = pixels(batch=6)
     predictions = model.predict_with_mask_ensemble(tokens, num_masks=5, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)  # the same 5 masks, drawn in the same order
+    masks = [torch.rand(tokens.shape, generator=generator) < model.config.mask_probability for _ in range(5)]
+    with torch.no_grad():
+        votes = torch.stack([model(tokens, bool_masked_pos=mask).logits.argmax(-1) for mask in masks])  # (5, B)
+    counts = torch.nn.functional.one_hot(votes, 4).sum(0)  # (B, 4): votes per class
     assert predictions.shape == (6,) and predictions.dtype == torch.long
-    assert ((predictions >= 0) & (predictions < 4)).all()
+    assert (counts.gather(1, predictions[:, None])[:, 0] == counts.max(1).values).all()
+    assert (votes != votes[0]).any()  # the masks disagree somewhere: one mask's vote alone would not pass
+    ar_model = random_model(IGPTForImageClassification(tiny_config(num_labels=4)))
+    with torch.no_grad():
+        assert torch.equal(ar_model.predict_with_mask_ensemble(tokens), ar_model(tokens).logits.argmax(-1))
 
 
-def test_paper_initialisation():
+def test_paper_initialisation(tiny_config):
     model = IGPTForImageClassification(tiny_config(num_labels=3, num_hidden_layers=8))
     assert model.lm_head.weight.abs().sum() == 0 and model.score.weight.abs().sum() == 0
     residual_std = torch.cat([b.attn.c_proj.weight.flatten() for b in model.transformer.h]).std()
@@ -306,52 +292,87 @@ def test_paper_presets(size, expected):
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    def __init__(self, count: int):
-        # Learnable structure: each image is one colour with a few noisy pixels.
+    def __init__(self, count: int, classes: bool = False):
+        # Learnable structure: each image is one colour with a few noisy pixels; its class is the colour mod 3.
         generator = torch.Generator().manual_seed(1)
         colours = torch.randint(0, CLUSTERS, (count, 1), generator=generator)
         self.images = colours.expand(count, POSITIONS).clone()
         noise = torch.rand(count, POSITIONS, generator=generator) < 0.1
         self.images[noise] = torch.randint(0, CLUSTERS, (int(noise.sum()),), generator=generator)
+        self.classes = colours[:, 0] % 3 if classes else None
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, index):
         image = self.images[index]
+        if self.classes is not None:  # the classifier reads whole images; L_gen predicts their pixels
+            return {"input_ids": image, "labels": self.classes[index]}
         return {
             "input_ids": torch.cat([torch.tensor([START]), image[:-1]]),
             "labels": torch.cat([torch.tensor([-100]), image]),
         }
 
 
-def train(tmp_path, batch: int, accumulation: int, steps: int, lr: float = 0.0):
-    torch.manual_seed(0)
-    model = IGPTForCausalImageModeling(tiny_config())
+def train(tmp_path, model, batch: int, accumulation: int, steps: int, lr: float = 0.0, dataset=None, **args):
     args = TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
         max_steps=steps, learning_rate=lr, adam_beta2=0.95, weight_decay=0.0, lr_scheduler_type="constant",
         logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, dataloader_drop_last=True, seed=0,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=TokenDataset(64))
+        **args,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=TokenDataset(64) if dataset is None else dataset)
     trainer.train()
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], model
 
 
-def test_trainer_lowers_the_loss(tmp_path):
-    losses, _ = train(tmp_path, batch=8, accumulation=1, steps=30, lr=3e-3)
+@pytest.fixture
+def causal_model(tiny_config):
+    """`causal_model()`: the same freshly initialised next-pixel model at every call."""
+
+    def build():
+        torch.manual_seed(0)
+        return IGPTForCausalImageModeling(tiny_config())
+
+    return build
+
+
+def test_trainer_lowers_the_loss(tmp_path, causal_model):
+    losses, _ = train(tmp_path, causal_model(), batch=8, accumulation=1, steps=30, lr=3e-3)
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_gradient_accumulation_matches_a_full_batch(tmp_path):
+def test_gradient_accumulation_matches_a_full_batch(tmp_path, causal_model):
     # lr=0: the model stays put, so both runs score the same first 8 examples.
-    (full,), _ = train(tmp_path / "full", batch=8, accumulation=1, steps=1)
-    (accumulated,), _ = train(tmp_path / "accumulated", batch=4, accumulation=2, steps=1)
+    (full,), _ = train(tmp_path / "full", causal_model(), batch=8, accumulation=1, steps=1)
+    (accumulated,), _ = train(tmp_path / "accumulated", causal_model(), batch=4, accumulation=2, steps=1)
     assert math.isclose(full, accumulated, rel_tol=1e-4)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    model = randomize(IGPTForCausalImageModeling(tiny_config())).train()
+def test_classifier_joint_loss_and_gradients_under_accumulation_match_a_full_batch(tmp_path, tiny_config, random_model):
+    """L_clf + L_gen: Trainer passes `num_items_in_batch` (examples across the accumulation steps) and does not average
+    the steps itself, so L_gen, a mean per token of one step, must be rescaled too; left alone it counts twice at 2."""
+    config = tiny_config(num_labels=3, generative_loss_weight=1.0)
+    dataset = TokenDataset(64, classes=True)
+    runs = {}
+    for name, batch, accumulation in (("full", 8, 1), ("accumulated", 4, 2)):
+        model = random_model(IGPTForImageClassification(config))  # random heads: zero-initialised ones pass no gradient
+        before = [parameter.detach().clone() for parameter in model.parameters()]
+        # plain SGD, no clipping: the step is -lr x the gradient, so equal steps mean equal gradients
+        (loss,), model = train(
+            tmp_path / name, model, batch, accumulation, steps=1, lr=0.1, dataset=dataset, optim="sgd",
+            max_grad_norm=0.0,
+        )  # fmt: skip
+        runs[name] = loss, [(after.detach() - start) for after, start in zip(model.parameters(), before)]
+    (full_loss, full_steps), (accumulated_loss, accumulated_steps) = runs["full"], runs["accumulated"]
+    assert math.isclose(full_loss, accumulated_loss, rel_tol=1e-4)
+    assert any(step.abs().max() > 1e-3 for step in full_steps)
+    for full_step, accumulated_step in zip(full_steps, accumulated_steps):
+        torch.testing.assert_close(accumulated_step, full_step, rtol=1e-3, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, random_model):
+    model = random_model(IGPTForCausalImageModeling(tiny_config())).train()
     tokens = with_start(pixels())
     model(tokens, labels=tokens).loss.backward()
     expected = [p.grad.clone() for p in model.parameters()]
@@ -365,7 +386,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 # --- Bad input -------------------------------------------------------------------------------------------------------
 
 
-def test_bad_inputs_raise_clear_errors():
+def test_bad_inputs_raise_clear_errors(tiny_config):
     model = IGPTForCausalImageModeling(tiny_config())
     with pytest.raises(ValueError, match="out of range"):
         model(torch.tensor([[START, VOCAB]]))

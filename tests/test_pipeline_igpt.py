@@ -7,37 +7,27 @@ import pytest
 import torch
 from sklearn.datasets import load_sample_images
 
-from image_processing import IGPTImageProcessor
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForMaskedImageModeling
+from modeling_igpt import IGPTForCausalImageModeling, IGPTForMaskedImageModeling
 from modeling_igpt.pipeline_igpt import TASK, IGPTImageGenerationPipeline
 from test_model_tokenizer_fit import MISFITS  # the mismatched model/processor pairs, one table
-from test_model_tokenizer_fit import config as fit_config
-from test_model_tokenizer_fit import processor as palette_processor
 
 
-CLUSTERS, HEIGHT, WIDTH = 8, 6, 6
+CLUSTERS, HEIGHT, WIDTH = 8, 6, 6  # tests/conftest.py's tiny_processor()
 
 
-def tiny_processor(clusters: int = CLUSTERS) -> IGPTImageProcessor:
-    palette = np.random.default_rng(0).uniform(-1, 1, (clusters, 3))
-    return IGPTImageProcessor(clusters=palette, size={"height": HEIGHT, "width": WIDTH})
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model):
+    """Models of 6 x 6 images in 8 colours: `tiny_model(model_class=IGPTForCausalImageModeling, **config)`."""
 
+    def build(model_class=IGPTForCausalImageModeling, **overrides):
+        sizes = dict(vocab_size=CLUSTERS + 1, max_position_embeddings=HEIGHT * WIDTH, hidden_size=16)
+        return tiny_model(model_class, **sizes, num_attention_heads=2, **overrides)
 
-def tiny_model(model_class=IGPTForCausalImageModeling, **overrides):
-    config = IGPTConfig(
-        vocab_size=CLUSTERS + 1, max_position_embeddings=HEIGHT * WIDTH, hidden_size=16, num_hidden_layers=2,
-        num_attention_heads=2, **overrides,
-    )
-    model = model_class(config)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # random heads: the paper's zero-init logits would make every sample uniform noise
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    return model.eval()
+    return build
 
 
 @pytest.fixture(scope="module")
-def pipe():
+def pipe(tiny_model, tiny_processor):
     return IGPTImageGenerationPipeline(model=tiny_model(), image_processor=tiny_processor(), device=-1)
 
 
@@ -84,7 +74,7 @@ def test_save_pretrained_records_the_custom_pipeline(pipe, tmp_path):
     assert (tmp_path / "pipeline_igpt.py").is_file() and (tmp_path / "preprocessor_config.json").is_file()
 
 
-def test_bad_setups_raise_clear_errors(pipe):
+def test_bad_setups_raise_clear_errors(pipe, tiny_model, tiny_processor):
     with pytest.raises(ValueError, match="autoregressive"):
         IGPTImageGenerationPipeline(
             model=tiny_model(IGPTForMaskedImageModeling, objective="bert"), image_processor=tiny_processor(), device=-1
@@ -98,11 +88,11 @@ def test_bad_setups_raise_clear_errors(pipe):
 
 
 @pytest.mark.parametrize("misfit", list(MISFITS))
-def test_a_processor_that_does_not_fit_the_model_is_refused(misfit):
-    model_shape, processor_shape, match = MISFITS[misfit]
-    model = IGPTForCausalImageModeling(fit_config(*model_shape))
+def test_a_processor_that_does_not_fit_the_model_is_refused(misfit, tiny_config, tiny_processor):
+    (height, width, colours), processor_shape, match = MISFITS[misfit]
+    model = IGPTForCausalImageModeling(tiny_config(vocab_size=colours + 1, max_position_embeddings=height * width))
     with pytest.raises(ValueError, match=match):
-        IGPTImageGenerationPipeline(model=model, image_processor=palette_processor(*processor_shape), device=-1)
+        IGPTImageGenerationPipeline(model=model, image_processor=tiny_processor(*processor_shape), device=-1)
 
 
 @pytest.mark.parametrize("keyword", ["max_length", "max_new_tokens", "min_length", "input_ids", "attention_mask"])

@@ -13,6 +13,7 @@ Common tests that do not apply, by design:
   features are `get_probe_features`, and no method carries the clashing name.
 """
 
+import functools
 import inspect
 import json
 
@@ -31,7 +32,7 @@ from modeling_igpt import (
 from modeling_igpt.convert_imagegpt import copy_weights, imagegpt_to_igpt_config
 
 
-CLUSTERS = 16
+CLUSTERS = 16  # the tiny models of tests/conftest.py (2 layers of 4 heads, width 32) on 4 x 4 images, 3 classes
 START = CLUSTERS
 POSITIONS = 16
 LAYERS = 2
@@ -49,22 +50,18 @@ HEADS_BY_OBJECTIVE = [
 IDS = [f"{cls.__name__}-{objective}" for cls, objective in HEADS_BY_OBJECTIVE]
 
 
-def tiny_config(**overrides) -> IGPTConfig:
-    fields = dict(
-        vocab_size=CLUSTERS + 1, max_position_embeddings=POSITIONS, hidden_size=WIDTH, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_labels=3,
-    )  # fmt: skip
-    return IGPTConfig(**{**fields, **overrides})
+@pytest.fixture(scope="session")
+def tiny_config(tiny_config):
+    return functools.partial(tiny_config, max_position_embeddings=POSITIONS, num_labels=3)
 
 
-def tiny_model(model_class, objective="autoregressive", seed=0, **overrides):
-    torch.manual_seed(seed)
-    model = model_class(tiny_config(objective=objective, **overrides))
-    with torch.no_grad():  # random heads: the paper's zero-initialised ones would hide head bugs
-        for name, param in model.named_parameters():
-            if name.endswith(("lm_head.weight", "score.weight")):
-                param.normal_(0.0, 0.5)
-    return model.eval()
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model):
+    def build(model_class, objective="autoregressive", seed=0, **overrides):
+        overrides = {"max_position_embeddings": POSITIONS, "num_labels": 3, **overrides}
+        return tiny_model(model_class, seed, objective=objective, **overrides)
+
+    return build
 
 
 def tokens(batch=2, length=POSITIONS, seed=0) -> torch.LongTensor:
@@ -74,8 +71,11 @@ def tokens(batch=2, length=POSITIONS, seed=0) -> torch.LongTensor:
 
 
 def inputs_for(model, batch=2, seed=0) -> dict:
-    """Deterministic inputs: BERT heads get a fixed mask (they would draw a random one)."""
+    """Deterministic inputs: BERT heads get a fixed mask (they would draw a random one); the classifier gets whole
+    images' pixel ids (it adds the start token itself)."""
     ids = tokens(batch, seed=seed)
+    if isinstance(model, IGPTForImageClassification):
+        ids[:, 0] = 0
     inputs = {"input_ids": ids}
     if model.config.objective == "bert" and not isinstance(model, IGPTModel):
         inputs["bool_masked_pos"] = torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed + 1)) < 0.3
@@ -116,7 +116,7 @@ def test_config_common_properties_and_round_trips(tmp_path):
         (dict(layer_norm_eps=-1e-5), "layer_norm_eps must be > 0"),
     ],
 )
-def test_bad_config_values_are_refused(overrides, problem):
+def test_bad_config_values_are_refused(overrides, problem, tiny_config):
     with pytest.raises(ValueError, match=problem):
         tiny_config(**overrides)
 
@@ -125,7 +125,7 @@ def test_bad_config_values_are_refused(overrides, problem):
 
 
 @pytest.mark.parametrize("model_class, objective", HEADS_BY_OBJECTIVE, ids=IDS)
-def test_save_load_gives_the_same_outputs(tmp_path, model_class, objective):
+def test_save_load_gives_the_same_outputs(tmp_path, model_class, objective, tiny_model):
     model = tiny_model(model_class, objective)
     inputs = inputs_for(model)
     model.save_pretrained(tmp_path)
@@ -135,7 +135,7 @@ def test_save_load_gives_the_same_outputs(tmp_path, model_class, objective):
 
 
 @pytest.mark.parametrize("model_class, objective", HEADS_BY_OBJECTIVE, ids=IDS)
-def test_hidden_states_and_attentions_shapes_and_counts(model_class, objective):
+def test_hidden_states_and_attentions_shapes_and_counts(model_class, objective, tiny_model):
     model = tiny_model(model_class, objective, attn_implementation="eager")
     inputs = inputs_for(model)
     with torch.no_grad():
@@ -175,7 +175,7 @@ def test_classifier_honours_config_output_hidden_states_as_imagegpt_does():
 
 
 @pytest.mark.parametrize("model_class, objective", HEADS_BY_OBJECTIVE[2:], ids=IDS[2:])
-def test_training_step_and_gradient_checkpointing_give_the_same_gradients(model_class, objective):
+def test_training_step_and_gradient_checkpointing_give_the_same_gradients(model_class, objective, tiny_model):
     gradients = []
     for checkpointing in (False, True):
         model = tiny_model(model_class, objective).train()
@@ -193,7 +193,7 @@ def test_training_step_and_gradient_checkpointing_give_the_same_gradients(model_
 
 
 @pytest.mark.parametrize("model_class, objective", HEADS_BY_OBJECTIVE, ids=IDS)
-def test_inputs_embeds_equal_the_input_ids_path(model_class, objective):
+def test_inputs_embeds_equal_the_input_ids_path(model_class, objective, tiny_model):
     model = tiny_model(model_class, objective)
     inputs = inputs_for(model)
     embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
@@ -205,7 +205,7 @@ def test_inputs_embeds_equal_the_input_ids_path(model_class, objective):
 
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "left-padded"])
 @pytest.mark.parametrize("model_class, objective", HEADS_BY_OBJECTIVE, ids=IDS)
-def test_eager_and_sdpa_agree(model_class, objective, padded):
+def test_eager_and_sdpa_agree(model_class, objective, padded, tiny_model):
     if padded and model_class in (IGPTForMaskedImageModeling, IGPTForImageClassification):
         pytest.skip("these heads take no attention_mask (images have no padding)")
     outputs = []
@@ -222,7 +222,7 @@ def test_eager_and_sdpa_agree(model_class, objective, padded):
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
 
 
-def test_bert_padding_mask_hides_the_padded_tokens():
+def test_bert_padding_mask_hides_the_padded_tokens(tiny_model):
     """A 2-D attention_mask on the bidirectional trunk: changing padded tokens changes no other position."""
     model = tiny_model(IGPTModel, "bert")
     mask = torch.ones(2, POSITIONS, dtype=torch.long)
@@ -239,7 +239,7 @@ def test_bert_padding_mask_hides_the_padded_tokens():
 
 
 @pytest.mark.parametrize("model_class, objective", HEADS_BY_OBJECTIVE, ids=IDS)
-def test_batching_equivalence(model_class, objective):
+def test_batching_equivalence(model_class, objective, tiny_model):
     model = tiny_model(model_class, objective)
     inputs = inputs_for(model, batch=3)
     with torch.no_grad():
@@ -249,7 +249,7 @@ def test_batching_equivalence(model_class, objective):
 
 
 @pytest.mark.parametrize("model_class, objective", HEADS_BY_OBJECTIVE, ids=IDS)
-def test_return_dict_false_gives_the_same_tuple(model_class, objective):
+def test_return_dict_false_gives_the_same_tuple(model_class, objective, tiny_model):
     model = tiny_model(model_class, objective)
     inputs = inputs_for(model)
     with torch.no_grad():
@@ -272,7 +272,7 @@ def test_main_input_name_and_forward_signature(model_class):
     assert "inputs_embeds" in parameters
 
 
-def test_embeddings_accessors_and_resize_token_embeddings_is_refused():
+def test_embeddings_accessors_and_resize_token_embeddings_is_refused(tiny_model):
     model = tiny_model(IGPTForCausalImageModeling)
     assert model.get_input_embeddings() is model.transformer.wte
     assert model.get_output_embeddings() is model.lm_head
@@ -281,7 +281,7 @@ def test_embeddings_accessors_and_resize_token_embeddings_is_refused():
     assert model.transformer.wte.num_embeddings == CLUSTERS + 1
 
 
-def test_classifier_problem_types():
+def test_classifier_problem_types(tiny_model):
     model = tiny_model(IGPTForImageClassification, generative_loss_weight=0.0)
     ids = tokens()
     single = model(ids, labels=torch.tensor([0, 2]))
@@ -297,7 +297,7 @@ def test_classifier_problem_types():
     torch.testing.assert_close(output.loss, ((output.logits.squeeze(-1) - torch.tensor([0.5, -1.0])) ** 2).mean())
 
 
-def test_get_image_features_does_not_clash_with_transformers():
+def test_get_image_features_does_not_clash_with_transformers(tiny_model):
     """transformers 5.x: get_image_features(pixel_values) -> pooled output. IGPT's probe features have their own name."""
     model = tiny_model(IGPTModel)
     assert not hasattr(model, "get_image_features")
@@ -307,7 +307,7 @@ def test_get_image_features_does_not_clash_with_transformers():
         torch.testing.assert_close(model.get_probe_features(ids, layers=-1), states[-1].mean(dim=1))
 
 
-def test_deterministic_in_eval():
+def test_deterministic_in_eval(tiny_model):
     model = tiny_model(IGPTForCausalImageModeling)
     with torch.no_grad():
         assert torch.equal(model(tokens()).logits, model(tokens()).logits)
@@ -337,7 +337,7 @@ BAD_FORWARD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_FORWARD_INPUTS))
-def test_bad_forward_inputs_raise_a_clear_error(case):
+def test_bad_forward_inputs_raise_a_clear_error(case, tiny_model):
     model = tiny_model(IGPTForCausalImageModeling)
     overrides, problem = BAD_FORWARD_INPUTS[case]
     inputs = {"input_ids": tokens(), **overrides}
@@ -353,14 +353,14 @@ def test_bad_forward_inputs_raise_a_clear_error(case):
         (torch.tensor([[0], [1]]), "labels must be class indices of shape"),
     ],
 )
-def test_bad_classifier_labels_raise_a_clear_error(labels, problem):
+def test_bad_classifier_labels_raise_a_clear_error(labels, problem, tiny_model):
     model = tiny_model(IGPTForImageClassification)
     with pytest.raises(ValueError, match=problem):
         model(tokens(), labels=labels)
     assert model(tokens(), labels=torch.tensor([-100, 2])).loss.isfinite()  # -100 ignores an example
 
 
-def test_classifier_inputs_embeds_with_labels():
+def test_classifier_inputs_embeds_with_labels(tiny_model):
     model = tiny_model(IGPTForImageClassification)
     embeds = model.get_input_embeddings()(tokens())
     with pytest.raises(ValueError, match="generative loss L_gen needs input_ids"):
@@ -370,7 +370,7 @@ def test_classifier_inputs_embeds_with_labels():
     torch.testing.assert_close(model(inputs_embeds=embeds, labels=torch.tensor([0, 1])).loss, expected)
 
 
-def test_bert_mask_must_be_bool_and_an_empty_mask_gives_zero_loss():
+def test_bert_mask_must_be_bool_and_an_empty_mask_gives_zero_loss(tiny_model):
     model = tiny_model(IGPTForMaskedImageModeling, "bert")
     ids = tokens()
     with pytest.raises(ValueError, match="bool_masked_pos must be a bool tensor"):
@@ -388,7 +388,7 @@ def test_bert_mask_must_be_bool_and_an_empty_mask_gives_zero_loss():
     torch.testing.assert_close(output.loss, expected)
 
 
-def test_value_checks_read_no_values_off_the_cpu():
+def test_value_checks_read_no_values_off_the_cpu(tiny_model):
     """Ids, positions and labels are range-checked on CPU tensors only: on an accelerator reading them back would be
     a host-device synchronisation every step. Meta tensors stand in for accelerator ones (reading one raises)."""
     model = tiny_model(IGPTForImageClassification)
@@ -404,7 +404,7 @@ def test_value_checks_read_no_values_off_the_cpu():
     assert loss.device.type == "meta"
 
 
-def test_load_with_another_number_of_labels(tmp_path):
+def test_load_with_another_number_of_labels(tmp_path, tiny_model):
     """Fine-tuning a checkpoint on another label set: the head is re-initialised, the trunk kept."""
     model = tiny_model(IGPTForImageClassification)
     model.save_pretrained(tmp_path)
@@ -416,7 +416,7 @@ def test_load_with_another_number_of_labels(tmp_path):
     torch.testing.assert_close(loaded.transformer.wte.weight, model.transformer.wte.weight)
 
 
-def test_gradients_reach_hidden_states_and_attentions():
+def test_gradients_reach_hidden_states_and_attentions(tiny_model):
     model = tiny_model(IGPTForCausalImageModeling, attn_implementation="eager").train()
     output = model(tokens(), output_hidden_states=True, output_attentions=True)
     output.hidden_states[0].retain_grad()
