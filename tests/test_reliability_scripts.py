@@ -182,6 +182,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when, resumed_from", [("save", 2), ("training", 4)])
 def test_a_killed_run_resumes_from_the_last_complete_checkpoint(uninterrupted, tmp_path, when, resumed_from):
     from safetensors.torch import load_file
@@ -283,6 +284,7 @@ def test_config_overrides_are_refused_for_an_existing_model(tmp_path):
                         "--output_dir", str(tmp_path / "out")])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_diverging_vqvae_run_stops_at_the_first_non_finite_loss_with_its_checkpoints_intact(tmp_path):
     """Learning rate 1e30: Adam's first step moves every weight by ~1e30 (still finite), the second forward pass
     overflows. Trainer alone hides the NaN loss (logging_nan_inf_filter) and saves NaN weights at every step."""
@@ -401,6 +403,7 @@ def test_a_corrupt_image_stops_the_run_at_loading_naming_split_and_row(scripts, 
     assert sum(len(split) for split in unchecked.splits.values()) == 200 and unchecked.skipped_images == {}
 
 
+@pytest.mark.slow
 def test_skip_bad_images_trains_without_them_and_reports_the_count(parquet_files, tmp_path):
     run_pretraining = load_example("run_pretraining")
 
@@ -479,6 +482,7 @@ def test_a_dataset_configuration_without_a_hub_dataset_is_refused(scripts, parqu
                                      "--output_dir", str(tmp_path)])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_run_vqvae_resumes_from_the_last_complete_checkpoint_with_true(tmp_path):
     """`--resume_from_checkpoint true` reached Trainer as a folder named "true"; now it is resolved as in the other
     scripts (an incomplete newer checkpoint is skipped)."""
