@@ -462,14 +462,22 @@ def test_pipelines_with_an_igpt_model():
                         label2id={"cat": 0, "dog": 1})
     image = random_images(1, 20, 30)[0]
 
-    classifier = pipeline("image-classification", model=IGPTForImageClassification(config).eval(),
-                          image_processor=processor)
-    predictions = classifier(image)
-    assert {p["label"] for p in predictions} == {"cat", "dog"}
+    input_ids = processor(image, return_tensors="pt")["input_ids"]  # (1, 64)
 
-    extractor = pipeline("image-feature-extraction", model=IGPTModel(config).eval(), image_processor=processor)
-    features = np.asarray(extractor(image))
-    assert features.shape == (1, 64, 32)
+    model = IGPTForImageClassification(config).eval()
+    torch.nn.init.normal_(model.score.weight, generator=torch.Generator().manual_seed(0))  # the paper's is zero: 50/50
+    with torch.no_grad():
+        probabilities = model(input_ids).logits.softmax(-1)[0]  # (2,)
+    predictions = pipeline("image-classification", model=model, image_processor=processor)(image)
+    expected = sorted(zip(probabilities.tolist(), ["cat", "dog"]), reverse=True)
+    assert [p["label"] for p in predictions] == [label for _, label in expected]
+    assert [p["score"] for p in predictions] == pytest.approx([score for score, _ in expected], abs=1e-5)
+
+    trunk = IGPTModel(config).eval()
+    features = np.asarray(pipeline("image-feature-extraction", model=trunk, image_processor=processor)(image))
+    with torch.no_grad():
+        expected_features = trunk(input_ids).last_hidden_state.numpy()  # (1, 64, 32)
+    np.testing.assert_allclose(features, expected_features, atol=1e-5)
 
 
 def test_colour_tables_are_bounded_and_clearing_them_keeps_the_ids():

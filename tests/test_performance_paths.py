@@ -1,8 +1,10 @@
 """The model benchmark end to end at a tiny shape: every job runs, compiled paths included, and samples agree."""
 
 import functools
+import itertools
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from transformers import CompileConfig
@@ -24,17 +26,48 @@ def fast_compile(monkeypatch):
     monkeypatch.setattr(bench_model, "CompileConfig", functools.partial(CompileConfig, backend="aot_eager"))
 
 
-def test_every_job_is_timed_and_greedy_samples_match_imagegpt(fast_compile):
+@pytest.fixture
+def one_second_per_timing(monkeypatch):
+    """The benchmark's clock advances by exactly 1 s per reading: every timed block then lasts 1 s."""
+    monkeypatch.setattr(bench_model, "time", SimpleNamespace(perf_counter=functools.partial(next, itertools.count())))
+
+
+def test_every_job_is_timed_and_greedy_samples_match_imagegpt(fast_compile, one_second_per_timing):
     result = bench_model.bench_shape(TINY, "cpu", ONE_ROUND, peak_flops=1e9, compile_ours=True)
-    for job in ("training", "features"):
+    flops = bench_model.model_flops_per_token(TINY, bench_model.build_pair(TINY, "cpu")[1])
+    # a timed block of `calls` calls lasts 1 s: tokens/s is the tokens those calls process
+    for job, calls, flops_per_token in (
+        ("training", ONE_ROUND.train_calls, flops), ("features", ONE_ROUND.feature_calls, flops / 3)
+    ):  # fmt: skip
         for name in ("imagegpt", "igpt", "igpt_compiled"):
-            assert result[job][name]["tokens_per_s"] > 0
-    assert 0 < result["training"]["igpt"]["mfu"]
+            assert result[job][name]["tokens_per_s"] == TINY.batch * TINY.seq * calls
+            assert result[job][name]["mfu"] == pytest.approx(TINY.batch * TINY.seq * calls * flops_per_token / 1e9)
     # Sampling on the CPU: both sides on default settings (IGPT's image decoder), and IGPT in transformers' loop
     for name in ("igpt", "igpt_transformers_loop"):
-        assert result["sampling"][name]["tokens_per_s"] > 0
+        assert result["sampling"][name]["tokens_per_s"] == TINY.sample_batch * ONE_ROUND.sample_tokens
         assert result["sampling"][name]["token_identical_images"] == f"{TINY.sample_batch}/{TINY.sample_batch}"
-    assert "first_call_s" in result["sampling"]["igpt"]
+    assert result["sampling"]["igpt"]["first_call_s"] == 1
+
+
+def test_rates_are_median_tokens_per_second_and_ratios_are_per_round(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(bench_model, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    seconds_per_call = {  # 2 untimed warm-up calls, then 3 rounds of 2 calls
+        "imagegpt": iter([9.0] * 2 + [1.0] * 6),
+        "igpt": iter([9.0] * 2 + [0.25] * 2 + [0.5] * 2 + [0.1] * 2),
+    }
+
+    def job(name):
+        def call():
+            clock[0] += next(seconds_per_call[name])
+
+        return call
+
+    result = bench_model.alternate({name: job(name) for name in seconds_per_call}, 100, rounds=3, calls=2, device="cpu")
+    assert result["imagegpt"]["rounds_tokens_per_s"] == [100.0, 100.0, 100.0]  # the 2 warm-up calls are not timed
+    assert result["igpt"]["rounds_tokens_per_s"] == pytest.approx([400.0, 200.0, 1000.0])
+    assert result["igpt"]["tokens_per_s"] == pytest.approx(400.0)  # the median round
+    assert result["igpt"]["rounds_vs_imagegpt"] == pytest.approx([4.0, 2.0, 10.0])
 
 
 def test_sampling_times_both_models_on_default_generate_settings(monkeypatch):
