@@ -14,6 +14,8 @@ to 0, no dropout; bf16 and fused AdamW when the GPU has them. Validation loss is
 It trains, then evaluates on validation (`--do_train false`: evaluate --model_name_or_path only; `--do_eval false`:
 no final evaluation). Arguments come from the command line or from one JSON file (`run_pretraining.py args.json`).
 Runs unchanged under `accelerate launch` (DDP / FSDP / DeepSpeed across GPUs and machines).
+`--tokenized_dataset DIR` trains on token shards made once by examples/tokenize_dataset.py (`--streaming true` to
+stream them); docs/scaling.md has the sharded (FSDP2 / ZeRO-3) launch configs and the commands for iGPT-L.
 """
 
 import json
@@ -38,6 +40,7 @@ from modeling_igpt import (
     tokenize_transform,
 )
 from modeling_igpt.configuration_igpt import OBJECTIVES
+from modeling_igpt.token_shards import TokenShardArguments, pretraining_datasets, shards_tokenizer
 from modeling_igpt.training import (
     check_local_folder,
     check_output_dir,
@@ -160,9 +163,9 @@ def build_model(model_args: ModelArguments, tokenizer: ImageTokenizer):
     return MODEL_CLASSES[objective](config)
 
 
-def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TokenShardArguments, TrainingArguments]:
     """Command-line flags, or one JSON file of them, over this script's defaults."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TokenShardArguments, TrainingArguments))
     parser.set_defaults(**pretraining_defaults())
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
@@ -172,7 +175,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArgumen
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_arguments(argv)
+    model_args, data_args, shard_args, training_args = parse_arguments(argv)
     check_output_dir(training_args.output_dir)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -185,17 +188,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         check_local_folder(getattr(model_args, flag), f"--{flag}")
     checkpoint = resolve_checkpoint(training_args)
 
-    splits = load_image_splits(data_args, seed=training_args.seed)
-    tokenizer = build_tokenizer(model_args, training_args, splits, checkpoint)
+    splits = None
+    if shard_args.tokenized_dataset is None:
+        splits = load_image_splits(data_args, seed=training_args.seed)
+        tokenizer = build_tokenizer(model_args, training_args, splits, checkpoint)
+    else:  # token shards from examples/tokenize_dataset.py, made by the model's processor (checked) or giving it one
+        if data_args.has_source or model_args.vqvae_model is not None:
+            raise ValueError("Give images (--dataset_name / --train_file / --train_dir, --vqvae_model) or "
+                             "--tokenized_dataset (whose folder holds its tokenizer), not both.")
+        source = model_args.image_processor_name or checkpoint or model_args.model_name_or_path
+        tokenizer = shards_tokenizer(shard_args.tokenized_dataset, source)
     model = build_model(model_args, tokenizer)
     logger.info(
         "%s objective, %.2fM parameters, %d tokens per image, vocabulary %d",
         model.config.objective, model.num_parameters() / 1e6, tokenizer.sequence_length, tokenizer.vocab_size,
     )
 
-    transform = tokenize_transform(tokenizer, splits.image_column)
-    train_dataset = splits.splits["train"].with_transform(transform)
-    eval_dataset = splits.splits["validation"].with_transform(transform)
+    if splits is None:
+        train_dataset, eval_dataset = pretraining_datasets(shard_args, training_args.seed, training_args)
+    else:
+        transform = tokenize_transform(tokenizer, splits.image_column)
+        train_dataset = splits.splits["train"].with_transform(transform)
+        eval_dataset = splits.splits["validation"].with_transform(transform)
     trainer = BitsPerDimTrainer(
         model=model,
         args=training_args,
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             **train_result.metrics,
             "resumed_from_step": first_step,
             "train_steps_in_this_run": trainer.state.global_step - first_step,
-            **splits.skipped_metrics,
+            **(splits.skipped_metrics if splits is not None else {}),
         }
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
@@ -236,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "finetuned_from": model_args.model_name_or_path,
         "tasks": "unconditional-image-generation",
         "tags": ["igpt", "image-gpt", f"{model.config.objective}-pretraining"],
-        "dataset": data_args.dataset_name or data_args.train_file or data_args.train_dir,
+        "dataset": data_args.dataset_name or data_args.train_file or data_args.train_dir or shard_args.tokenized_dataset,
     }
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)

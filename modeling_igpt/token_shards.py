@@ -30,6 +30,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 
 from .compatibility import check_model_fits_tokenizer, tokenizer_grid, tokenizer_num_tokens
+from .image_tokenizer import ImageTokenizer
 
 
 logger = logging.getLogger(__name__)
@@ -323,8 +324,60 @@ def load_token_shards(
     return dataset.with_format("torch")  # datasets' torch format gives integer columns as int64
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Pretraining on shards (examples/run_pretraining.py --tokenized_dataset)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenShardArguments:
+    """Pretrain on token shards (examples/tokenize_dataset.py) instead of tokenizing images on the fly."""
+
+    tokenized_dataset: str | None = field(
+        default=None,
+        metadata={"help": "A folder of token shards (examples/tokenize_dataset.py): train on its train and validation "
+                  "splits instead of --dataset_name / --train_file / --train_dir."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the training shards (an IterableDataset; needs --max_steps): each process reads only "
+                  "its own files, shuffled within a buffer of --shuffle_buffer_size images."},
+    )
+    shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Images in the streaming shuffle buffer."})
+
+
+def shards_tokenizer(path: str, source: str | None = None) -> ImageTokenizer:
+    """The tokenizer to train with on the shards in `path`: the one saved in `source` (a model, checkpoint or processor
+    folder) after checking that it made the shards, else the shards' own (then saved with the model)."""
+    if source is None:
+        tokenizer = ImageTokenizer.from_pretrained(path)
+    else:
+        tokenizer = ImageTokenizer.from_pretrained(source)
+    check_token_shards(path, tokenizer.processor, tokenizer.vqvae, model_source=source)
+    return tokenizer
+
+
+def pretraining_datasets(arguments: TokenShardArguments, seed: int, training_args=None):
+    """(train, validation) datasets of `pixel_ids` from the shards, the train split streamed when asked.
+
+    Streaming under Trainer: `training_args.accelerator_config.dispatch_batches` is set to False so that each process
+    reads its own shard files (accelerate shards a datasets IterableDataset by file, as `split_dataset_by_node` does)
+    instead of the main process reading every batch and sending it out.
+    """
+    path = arguments.tokenized_dataset
+    train = load_token_shards(path, "train", streaming=arguments.streaming)
+    if arguments.streaming:
+        train = train.shuffle(seed=seed, buffer_size=arguments.shuffle_buffer_size)
+        if training_args is not None:
+            training_args.accelerator_config.dispatch_batches = False
+    return train, load_token_shards(path, "validation")
+
+
 __all__ = [
+    "TokenShardArguments",
     "TokenShardsInfo",
+    "pretraining_datasets",
+    "shards_tokenizer",
     "check_token_shards",
     "load_token_shards",
     "read_token_shards_info",

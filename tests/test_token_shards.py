@@ -2,6 +2,8 @@
 tokenizer gives on the fly, a stopped tokenization resumes without rewriting finished shards, shards made by another
 tokenizer are refused, streaming reads the same rows and splits them between processes."""
 
+import json
+
 import datasets
 import numpy as np
 import pytest
@@ -145,3 +147,37 @@ def test_missing_and_unknown_shards_are_named(shards, tmp_path):
         load_token_shards(str(tmp_path))
     with pytest.raises(ValueError, match="no 'test' split"):
         load_token_shards(shards, "test")
+
+
+def pretrain(output_dir, *data: str) -> list[float]:
+    """run_pretraining for 3 steps of 8 images on a tiny new model; the logged loss of each step."""
+    run_pretraining = load_example("run_pretraining")
+    run_pretraining.main([
+        *data, "--output_dir", str(output_dir), "--num_hidden_layers", "1", "--hidden_size", "16",
+        "--num_attention_heads", "2", "--max_steps", "3", "--per_device_train_batch_size", "8", "--logging_steps", "1",
+        "--save_strategy", "no", "--eval_strategy", "no", "--do_eval", "false", "--disable_tqdm", "true",
+        "--seed", "42",  # the seed tokenize_dataset split validation with: the same training rows
+    ])  # fmt: skip
+    with open(output_dir / "trainer_state.json") as file:
+        return [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
+
+
+def test_training_from_shards_gives_the_losses_of_on_the_fly_tokenization(shards, image_file, processor_dir, tmp_path):
+    on_the_fly = pretrain(tmp_path / "images", "--train_file", image_file, "--image_processor_name", processor_dir)
+    from_shards = pretrain(tmp_path / "shards", "--tokenized_dataset", shards)  # a new model takes the shards' palette
+    assert len(on_the_fly) == 3 and len(set(on_the_fly)) > 1
+    assert from_shards == on_the_fly  # same rows, same sampler order, same batches
+    saved = IGPTImageProcessor.from_pretrained(tmp_path / "shards")
+    assert tokenizer_fingerprint(saved) == read_token_shards_info(shards).fingerprint
+
+    streamed = pretrain(tmp_path / "streamed", "--tokenized_dataset", shards, "--streaming", "true")
+    assert len(streamed) == 3 and all(np.isfinite(streamed))  # another order (shuffled stream), same data
+
+
+def test_training_refuses_shards_of_another_palette_and_two_sources(shards, image_file, tmp_path):
+    other = tmp_path / "other"
+    palette(seed=2).save_pretrained(other)
+    with pytest.raises(ValueError, match="another image tokenizer"):
+        pretrain(tmp_path / "run", "--tokenized_dataset", shards, "--image_processor_name", str(other))
+    with pytest.raises(ValueError, match="not both"):
+        pretrain(tmp_path / "run", "--tokenized_dataset", shards, "--train_file", image_file)
