@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=ClassificationCollator(model.config.objective, tokenizer.start_token_id),
+        data_collator=ClassificationCollator(),
         processing_class=tokenizer.processor,
         compute_metrics=compute_metrics,
         # early stopping picks the best evaluation, so it needs --load_best_model_at_end (the default here)

@@ -15,7 +15,7 @@ from transformers import (
 from .compatibility import check_model_fits_tokenizer
 from .configuration_igpt import IGPTConfig
 from .configuration_vqvae import IGPTVQVAEConfig
-from .data_collators import ClassificationCollator, PretrainingCollator, model_inputs
+from .data_collators import ClassificationCollator, PretrainingCollator
 from .image_tokenizer import ImageTokenizer, random_pad_crop_flip, tokenize_transform
 from .modeling_igpt import (
     IGPTForCausalImageModeling,
@@ -23,6 +23,7 @@ from .modeling_igpt import (
     IGPTForMaskedImageModeling,
     IGPTModel,
     IGPTPreTrainedModel,
+    model_inputs,
 )
 from .modeling_vqvae import IGPTVQVAEModel, IGPTVQVAEOutput, IGPTVQVAEPreTrainedModel, IGPTVQVAEQuantizer
 from .pipeline_igpt import IGPTImageGenerationPipeline  # registers "unconditional-image-generation"

@@ -25,7 +25,7 @@ from transformers import (
 
 from .compatibility import check_model_fits_tokenizer
 from .configuration_igpt import IGPTConfig
-from .modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification, IGPTModel
+from .modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification, IGPTModel, model_inputs
 
 
 # (ImageGPT class, IGPT class) pairs, matched on the source's `architectures`.
@@ -85,11 +85,19 @@ def copy_weights(source: torch.nn.Module, target: torch.nn.Module):
         raise ValueError(f"Weights do not match: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
 
 
+def reads(model: torch.nn.Module, pixels: torch.LongTensor) -> torch.LongTensor:
+    """What `model` takes for an image's pixel ids: IGPT's classifier adds the start token itself; every other model
+    (transformers' ImageGPT classifier included) reads the trunk's inputs [start, x_1 .. x_{N-1}]."""
+    if isinstance(model, IGPTForImageClassification):
+        return pixels
+    return model_inputs(pixels, "autoregressive", model.config.vocab_size - 1)
+
+
 @torch.no_grad()
 def check_same_outputs(source: torch.nn.Module, target: torch.nn.Module, tolerance: float = 1e-5):
     """Both models score one random image alike (largest difference relative to the largest output), or ValueError."""
-    tokens = torch.randint(0, source.config.vocab_size - 1, (1, source.config.max_position_embeddings))
-    expected, actual = source(tokens)[0], target(tokens)[0]
+    pixels = torch.randint(0, source.config.vocab_size - 1, (1, source.config.max_position_embeddings))
+    expected, actual = source(reads(source, pixels))[0], target(reads(target, pixels))[0]
     difference = ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
     if difference > tolerance:
         raise ValueError(f"The converted model's outputs differ from the source's by {difference:.2e} (relative)")

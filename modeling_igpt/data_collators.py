@@ -4,7 +4,7 @@ batch is made, with labels -100 off the mask.
 
     {"pixel_ids": (N,)} x B -> AR:   input_ids [start, x_1 .. x_{N-1}], labels [-100, x_1 .. x_N]
                             -> BERT: input_ids x, bool_masked_pos M, labels x on M and -100 elsewhere
-    {"pixel_ids": (N,), "labels": ()} x B -> the classifier's input_ids (as above) and class labels
+    {"pixel_ids": (N,), "labels": ()} x B -> the classifier's input_ids (the pixel ids as they are) and class labels
 """
 
 from dataclasses import dataclass
@@ -12,15 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .modeling_igpt import random_bert_mask
-
-
-def model_inputs(pixel_ids: torch.LongTensor, objective: str, start_token_id: int) -> torch.LongTensor:
-    """What the trunk reads: AR models [start, x_1 .. x_{N-1}] (as in pretraining), BERT models the pixels as they are."""
-    if objective == "bert":
-        return pixel_ids
-    start = torch.full_like(pixel_ids[:, :1], start_token_id)
-    return torch.cat([start, pixel_ids[:, :-1]], dim=1)  # (B, N)
+from .modeling_igpt import model_inputs, random_bert_mask
 
 
 @dataclass
@@ -53,14 +45,11 @@ class PretrainingCollator:
 
 @dataclass
 class ClassificationCollator:
-    """pixel_ids (B, N) and labels (B,) -> the classifier's input_ids (as `model_inputs`) and labels."""
-
-    objective: str
-    start_token_id: int
+    """pixel_ids (B, N) and labels (B,) -> the classifier's input_ids (the pixel ids: it adds the start token itself)
+    and labels."""
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        pixel_ids = torch.stack([example["pixel_ids"] for example in examples])  # (B, N)
         return {
-            "input_ids": model_inputs(pixel_ids, self.objective, self.start_token_id),
-            "labels": torch.stack([torch.as_tensor(example["labels"]) for example in examples]),
+            "input_ids": torch.stack([example["pixel_ids"] for example in examples]),  # (B, N)
+            "labels": torch.stack([torch.as_tensor(example["labels"]) for example in examples]),  # (B,)
         }

@@ -506,6 +506,15 @@ def random_bert_mask(
     return torch.rand(shape, device=device, generator=generator) < probability
 
 
+def model_inputs(pixel_ids: torch.LongTensor, objective: str, start_token_id: int) -> torch.LongTensor:
+    """An image's pixel ids -> what the trunk reads: AR models [start, x_1 .. x_{N-1}] (as in pretraining), BERT models
+    the pixels as they are."""
+    if objective == "bert":
+        return pixel_ids
+    start = torch.full_like(pixel_ids[:, :1], start_token_id)
+    return torch.cat([start, pixel_ids[:, :-1]], dim=1)  # (B, N)
+
+
 def _check_pixel_labels(labels: torch.Tensor, num_classes: int):
     """Labels in range; on CPU tensors only (reading values back from an accelerator would synchronise every step)."""
     if torch.compiler.is_compiling() or labels.device.type != "cpu":
@@ -709,9 +718,12 @@ class IGPTForMaskedImageModeling(IGPTPreTrainedModel):
 class IGPTForImageClassification(IGPTPreTrainedModel):
     """Fine-tuning (paper Section 2.3): a zero-initialised linear head on f^l, loss L_clf + w * L_gen.
 
-    L_gen is the checkpoint's own objective (autoregressive, or BERT on a random mask), computed on `input_ids` with
-    the untied `lm_head` the pretrained checkpoint brings. BERT models see masked inputs at evaluation too; use
-    `predict_with_mask_ensemble` for the paper's 5-mask modal prediction.
+    `input_ids` are whole images' pixel ids, exactly as the image processor makes them (so transformers'
+    image-classification pipeline, Trainer and the examples all feed the same thing); the model builds the trunk's
+    inputs itself (`model_inputs`: the start token and the shift for AR models). L_gen is the checkpoint's own
+    objective (every pixel predicted from the ones before it, or BERT on a random mask) with the untied `lm_head` the
+    pretrained checkpoint brings. BERT models see masked inputs at evaluation too; use `predict_with_mask_ensemble`
+    for the paper's 5-mask modal prediction.
     """
 
     accepts_loss_kwargs = True
@@ -738,16 +750,22 @@ class IGPTForImageClassification(IGPTPreTrainedModel):
         **kwargs,
     ) -> ImageClassifierOutput:
         r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, max_position_embeddings)`):
+            The pixel ids of whole images (height x width = `config.max_position_embeddings`), as the image processor
+            makes them, without a start token: the model adds it.
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices.
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
             BERT models only: the mask M (drawn with `config.mask_probability` when not given).
         inputs_embeds (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
-            Instead of `input_ids`. With `labels`, needs `config.generative_loss_weight=0` (L_gen's targets are ids).
+            Instead of `input_ids`: the trunk's input embeddings, already in its order (`model_inputs`). With
+            `labels`, needs `config.generative_loss_weight=0` (L_gen's targets are ids).
         """
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None:
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            self.check_pixel_ids(input_ids)
         if labels is not None:
             self.check_labels(labels, reference.shape[0])
             if input_ids is None and self.config.generative_loss_weight > 0:
@@ -760,8 +778,9 @@ class IGPTForImageClassification(IGPTPreTrainedModel):
             bool_masked_pos = random_bert_mask(reference.shape[:2], self.config.mask_probability, reference.device)
         layer = self.transformer.layer_index(self.config.classifier_pooled_layer)
         pool_last = layer == self.config.num_hidden_layers
+        trunk_ids = None if input_ids is None else model_inputs(input_ids, self.config.objective, self.config.start_token_id)
         outputs = self.transformer(
-            input_ids,
+            trunk_ids,
             inputs_embeds=inputs_embeds,
             bool_masked_pos=bool_masked_pos if bert else None,
             output_hidden_states=output_hidden_states or not pool_last,
@@ -788,6 +807,28 @@ class IGPTForImageClassification(IGPTPreTrainedModel):
             attentions=outputs.attentions,
         )
 
+    def check_pixel_ids(self, pixel_ids: torch.Tensor):
+        """Whole images' pixel ids, without the start token (values checked on CPU tensors only).
+
+        A processor of another image size than the model's (e.g. 4x4 images for an 8x8 model) would otherwise be
+        classified silently, on a part of the positions the head was trained on.
+        """
+        if torch.compiler.is_compiling() or pixel_ids.ndim != 2:
+            return  # the trunk names a wrong rank
+        positions = self.config.max_position_embeddings
+        if pixel_ids.shape[1] != positions:
+            raise ValueError(
+                f"IGPTForImageClassification reads whole images: got {pixel_ids.shape[1]} pixel ids per image but the "
+                f"model has {positions} positions (height x width of its images). The image processor's size must "
+                "match the model's (modeling_igpt.check_model_fits_tokenizer checks a model/processor pair)."
+            )
+        if pixel_ids.device.type == "cpu" and pixel_ids.numel() and bool((pixel_ids == self.config.start_token_id).any()):
+            raise ValueError(
+                f"input_ids hold the start token ({self.config.start_token_id}): the classifier reads the image's "
+                "pixel ids as the image processor makes them and adds the start token itself (model_inputs() output "
+                "is for IGPTModel, not the classifier)."
+            )
+
     def check_labels(self, labels: torch.Tensor, batch: int):
         """Class indices of shape (B,) in 0..num_labels-1 (or -100, ignored); values checked on CPU tensors only."""
         if torch.compiler.is_compiling():
@@ -808,13 +849,12 @@ class IGPTForImageClassification(IGPTPreTrainedModel):
     def generative_loss(
         self, last_hidden_state: torch.Tensor, input_ids: torch.LongTensor, bool_masked_pos: torch.BoolTensor | None
     ) -> torch.Tensor:
-        """L_gen on the classifier's own inputs: next-pixel (AR) or masked-pixel (BERT) cross entropy, mean per token."""
-        logits = self.lm_head(last_hidden_state).float()  # (B, T, vocab - 1)
-        targets = input_ids.masked_fill(input_ids == self.config.start_token_id, -100)
+        """L_gen on the image: every pixel from the ones before it (AR: position t reads [start, x_1..x_t-1] and predicts
+        x_t) or the masked pixels (BERT); cross entropy, mean per target token."""
+        logits = self.lm_head(last_hidden_state).float()  # (B, N, vocab - 1)
+        targets = input_ids  # (B, N): the pixel ids
         if self.config.objective == "bert":
             targets = targets.masked_fill(~bool_masked_pos, -100)
-        else:
-            logits, targets = logits[:, :-1], targets[:, 1:]  # tokens < t predict t
         total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum")
         return total / (targets != -100).sum().clamp_min(1)  # mean per target token; 0, not 0/0, when there is none
 
@@ -846,5 +886,6 @@ __all__ = [
     "IGPTForMaskedImageModeling",
     "IGPTForImageClassification",
     "IGPTMaskedImageModelingOutput",
+    "model_inputs",
     "random_bert_mask",
 ]

@@ -17,7 +17,7 @@ from transformers import (
 
 from image_processing import IGPTImageProcessor
 from modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification
-from modeling_igpt.convert_imagegpt import check_same_outputs, copy_weights, imagegpt_to_igpt_config
+from modeling_igpt.convert_imagegpt import check_same_outputs, copy_weights, imagegpt_to_igpt_config, reads
 from modeling_igpt.convert_imagegpt import main as convert_main
 
 
@@ -51,9 +51,9 @@ def test_round_trip_through_the_command_line(tmp_path, source_class, target_clas
     source = imagegpt_folder(tmp_path / "imagegpt", source_class)
     assert "Wrote" in convert(tmp_path / "imagegpt", tmp_path / "igpt")
     converted = target_class.from_pretrained(tmp_path / "igpt").eval()
-    tokens = torch.randint(0, CLUSTERS, (2, SIDE * SIDE))
-    with torch.no_grad():
-        assert torch.allclose(converted(tokens).logits, source(tokens).logits, rtol=1e-5, atol=1e-6)
+    pixels = torch.randint(0, CLUSTERS, (2, SIDE * SIDE))
+    with torch.no_grad():  # an image's pixel ids; IGPT's classifier adds the start token, the others are given it
+        assert torch.allclose(converted(reads(converted, pixels)).logits, source(reads(source, pixels)).logits, rtol=1e-5, atol=1e-6)
 
     photo = load_sample_images().images[1][::8, ::8]
     theirs = AutoImageProcessor.from_pretrained(tmp_path / "imagegpt")

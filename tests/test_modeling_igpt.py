@@ -81,10 +81,12 @@ def test_flex_attention_matches_eager(tiny_config, random_model):
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 def test_classifier_logits_match_imagegpt(attn_implementation, imagegpt_pair):
+    """IGPT's classifier reads an image's pixel ids and adds the start token itself (as the image-classification
+    pipeline feeds it); transformers' ImageGPT classifier is given the same trunk inputs by hand."""
     reference, ours = imagegpt_pair(attn_implementation, head="classify")
     tokens = pixels()
     with torch.no_grad():
-        assert_close_relative(ours(tokens).logits, reference(tokens).logits)
+        assert_close_relative(ours(tokens).logits, reference(with_start(tokens)).logits)
 
 
 def test_greedy_generate_matches_imagegpt_and_uncached_loop(imagegpt_pair):
@@ -242,16 +244,21 @@ def test_probe_features_run_only_the_blocks_below_the_deepest_layer(tiny_config)
 def test_classifier_pools_the_configured_layer_and_joint_loss_adds_generation(tiny_config, random_model):
     config = tiny_config(num_labels=3, classifier_pooled_layer=2, generative_loss_weight=0.0)
     model = random_model(IGPTForImageClassification(config))
-    tokens, labels = with_start(pixels()), torch.tensor([0, 2])
-    features = model.transformer.get_probe_features(tokens, layers=2)
-    output = model(tokens, labels=labels)
+    images, labels = pixels(), torch.tensor([0, 2])  # the classifier reads pixel ids and adds the start token
+    features = model.transformer.get_probe_features(with_start(images), layers=2)
+    output = model(images, labels=labels)
     assert torch.allclose(output.logits, model.score(features), atol=1e-6)
     clf_only = output.loss
     model.config.generative_loss_weight = 1.0
-    joint = model(tokens, labels=labels).loss
-    lm_logits = model.lm_head(model.transformer(tokens).last_hidden_state)
-    gen = torch.nn.functional.cross_entropy(lm_logits[:, :-1].reshape(-1, CLUSTERS), tokens[:, 1:].reshape(-1))
+    joint = model(images, labels=labels).loss
+    # L_gen as in pretraining: every one of the N pixels predicted from [start, pixels before it]
+    lm_logits = model.lm_head(model.transformer(with_start(images)).last_hidden_state)  # (B, N, K)
+    gen = torch.nn.functional.cross_entropy(lm_logits.reshape(-1, CLUSTERS), images.reshape(-1))
     assert torch.allclose(joint, clf_only + gen, atol=1e-5)
+    causal = IGPTForCausalImageModeling(model.config)
+    causal.load_state_dict(model.state_dict(), strict=False)  # same trunk and lm_head
+    pretraining_loss = causal(with_start(images), labels=torch.nn.functional.pad(images, (1, 0), value=-100)).loss
+    assert torch.allclose(gen, pretraining_loss, atol=1e-5)
 
 
 def test_bert_classifier_mask_ensemble_predicts_the_modal_class_of_its_masks(tiny_config, random_model):

@@ -103,7 +103,7 @@ def test_bert_classifier_generative_loss_is_a_mean_over_masked_pixels_under_accu
     left unnormalised by `num_items_in_batch` counted twice at accumulation 2)."""
     torch.manual_seed(0)
     model = IGPTForImageClassification(tiny_bert_config(num_labels=3, generative_loss_weight=1.0))
-    collator = ClassificationCollator("bert", start_token_id=COLOURS)
+    collator = ClassificationCollator()
     dataset = pixel_dataset(64, labels=True)
     losses, eval_loss = trainer_losses(model, collator, dataset, tmp_path, 16 // accumulation, accumulation)
     expected = math.log(3) + math.log(COLOURS)

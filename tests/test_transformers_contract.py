@@ -28,6 +28,7 @@ from modeling_igpt import (
     IGPTForImageClassification,
     IGPTForMaskedImageModeling,
     IGPTModel,
+    model_inputs,
 )
 from modeling_igpt.convert_imagegpt import copy_weights, imagegpt_to_igpt_config
 
@@ -70,12 +71,15 @@ def tokens(batch=2, length=POSITIONS, seed=0) -> torch.LongTensor:
     return pixels
 
 
+def image_pixels(batch=2, seed=0) -> torch.LongTensor:
+    """Whole images' pixel ids, as the image processor makes them: what the classifier reads."""
+    return torch.randint(0, CLUSTERS, (batch, POSITIONS), generator=torch.Generator().manual_seed(seed))
+
+
 def inputs_for(model, batch=2, seed=0) -> dict:
     """Deterministic inputs: BERT heads get a fixed mask (they would draw a random one); the classifier gets whole
     images' pixel ids (it adds the start token itself)."""
-    ids = tokens(batch, seed=seed)
-    if isinstance(model, IGPTForImageClassification):
-        ids[:, 0] = 0
+    ids = image_pixels(batch, seed) if isinstance(model, IGPTForImageClassification) else tokens(batch, seed=seed)
     inputs = {"input_ids": ids}
     if model.config.objective == "bert" and not isinstance(model, IGPTModel):
         inputs["bool_masked_pos"] = torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed + 1)) < 0.3
@@ -161,17 +165,18 @@ def test_classifier_honours_config_output_hidden_states_as_imagegpt_does():
     reference = ImageGPTForImageClassification(config).eval()
     ours = IGPTForImageClassification(imagegpt_to_igpt_config(config)).eval()
     copy_weights(reference, ours)
-    ids = tokens()
+    pixels = image_pixels()
+    ids = model_inputs(pixels, "autoregressive", START)  # ImageGPT is given the trunk's inputs; ours adds the start
     for flag in (None, True, False):  # None: the config decides
         reference.config.output_hidden_states = ours.config.output_hidden_states = True
         expected = reference(ids, output_hidden_states=flag).hidden_states
-        actual = ours(ids, output_hidden_states=flag).hidden_states
+        actual = ours(pixels, output_hidden_states=flag).hidden_states
         assert (actual is None) == (expected is None), flag
         if expected is not None:
             assert len(actual) == len(expected)
             torch.testing.assert_close(actual[-1], expected[-1], rtol=1e-5, atol=1e-5)
     reference.config.output_hidden_states = ours.config.output_hidden_states = False
-    assert ours(ids).hidden_states is None and reference(ids).hidden_states is None
+    assert ours(pixels).hidden_states is None and reference(ids).hidden_states is None
 
 
 @pytest.mark.parametrize("model_class, objective", HEADS_BY_OBJECTIVE[2:], ids=IDS[2:])
@@ -196,9 +201,11 @@ def test_training_step_and_gradient_checkpointing_give_the_same_gradients(model_
 def test_inputs_embeds_equal_the_input_ids_path(model_class, objective, tiny_model):
     model = tiny_model(model_class, objective)
     inputs = inputs_for(model)
-    embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
+    ids = inputs.pop("input_ids")
+    trunk_ids = model_inputs(ids, objective, START) if model_class is IGPTForImageClassification else ids
+    embeds = model.get_input_embeddings()(trunk_ids)  # inputs_embeds are the trunk's inputs
     with torch.no_grad():
-        from_ids = model(input_ids=tokens(), **inputs)
+        from_ids = model(input_ids=ids, **inputs)
         from_embeds = model(inputs_embeds=embeds, **inputs)
     torch.testing.assert_close(main_output(from_embeds), main_output(from_ids))
 
@@ -283,7 +290,7 @@ def test_embeddings_accessors_and_resize_token_embeddings_is_refused(tiny_model)
 
 def test_classifier_problem_types(tiny_model):
     model = tiny_model(IGPTForImageClassification, generative_loss_weight=0.0)
-    ids = tokens()
+    ids = image_pixels()
     single = model(ids, labels=torch.tensor([0, 2]))
     model = tiny_model(IGPTForImageClassification, generative_loss_weight=0.0)  # the first loss fixes problem_type
     multi = model(ids, labels=torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
@@ -356,17 +363,17 @@ def test_bad_forward_inputs_raise_a_clear_error(case, tiny_model):
 def test_bad_classifier_labels_raise_a_clear_error(labels, problem, tiny_model):
     model = tiny_model(IGPTForImageClassification)
     with pytest.raises(ValueError, match=problem):
-        model(tokens(), labels=labels)
-    assert model(tokens(), labels=torch.tensor([-100, 2])).loss.isfinite()  # -100 ignores an example
+        model(image_pixels(), labels=labels)
+    assert model(image_pixels(), labels=torch.tensor([-100, 2])).loss.isfinite()  # -100 ignores an example
 
 
 def test_classifier_inputs_embeds_with_labels(tiny_model):
     model = tiny_model(IGPTForImageClassification)
-    embeds = model.get_input_embeddings()(tokens())
+    embeds = model.get_input_embeddings()(model_inputs(image_pixels(), "autoregressive", START))
     with pytest.raises(ValueError, match="generative loss L_gen needs input_ids"):
         model(inputs_embeds=embeds, labels=torch.tensor([0, 1]))
     model.config.generative_loss_weight = 0.0
-    expected = model(tokens(), labels=torch.tensor([0, 1])).loss
+    expected = model(image_pixels(), labels=torch.tensor([0, 1])).loss
     torch.testing.assert_close(model(inputs_embeds=embeds, labels=torch.tensor([0, 1])).loss, expected)
 
 
