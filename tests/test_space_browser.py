@@ -6,14 +6,16 @@ Needs /usr/bin/chromium and /usr/bin/chromedriver (`apt-get install -y chromium 
 them); without them the browser tests skip, saying so. The callbacks' bad-input checks are also tested without a browser.
 """
 
-import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
-import torch
+import uvicorn
+from fastapi import FastAPI
 from PIL import Image
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_sample_images
@@ -21,7 +23,7 @@ from sklearn.datasets import load_sample_images
 from hub_cards.handler import EndpointHandler
 from hub_cards.space import app, write_space
 from image_processing import IGPTImageProcessor
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageClassification
+from modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification
 from modeling_igpt.pipeline_igpt import IGPTImageGenerationPipeline
 
 
@@ -42,25 +44,17 @@ def photo_palette_processor() -> IGPTImageProcessor:
     return IGPTImageProcessor(clusters=clusters, size={"height": SIZE, "width": SIZE})
 
 
-def tiny_model(model_class, **overrides):
-    config = IGPTConfig(vocab_size=COLOURS + 1, max_position_embeddings=SIZE * SIZE, hidden_size=32,
-                        num_hidden_layers=2, num_attention_heads=2, **overrides)
-    model = model_class(config)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # random heads: the paper's zero-init logits would make every label and pixel equally likely
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def handlers(tmp_path_factory):
+def handlers(tmp_path_factory, tiny_model, random_model):
     """EndpointHandlers for a generative and a classifier checkpoint saved the way publish.py saves them."""
     root, processor = tmp_path_factory.mktemp("space"), photo_palette_processor()
-    generative = tiny_model(IGPTForCausalImageModeling)
+    sizes = dict(vocab_size=COLOURS + 1, max_position_embeddings=SIZE * SIZE)
+    generative = random_model(tiny_model(IGPTForCausalImageModeling, **sizes))
     IGPTImageGenerationPipeline(model=generative, image_processor=processor, device=-1).save_pretrained(root / "gen")
     labels = {index: name for index, name in enumerate(["bird", "cat", "deer", "dog", "frog", "horse", "ship"])}
-    classifier = tiny_model(IGPTForImageClassification, id2label=labels, label2id={v: k for k, v in labels.items()})
+    classifier = random_model(
+        tiny_model(IGPTForImageClassification, **sizes, id2label=labels, label2id={v: k for k, v in labels.items()})
+    )
     classifier.save_pretrained(root / "clf")
     processor.save_pretrained(root / "clf")
     return {"generative": EndpointHandler(str(root / "gen")), "classifier": EndpointHandler(str(root / "clf"))}
@@ -74,16 +68,26 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def urls(handlers):
-    """Both apps served on localhost: {kind: url}."""
-    demos, served = [], {}
+    """Both apps served on localhost by uvicorn, mounted as gradio documents (`gr.mount_gradio_app`): {kind: url}.
+
+    Not `demo.launch()`: it gives up when its own first request to the page takes over 3 s, as on a loaded machine."""
+    servers, served = [], {}
     for kind, handler in handlers.items():
-        demo = app.build_demo(handler, name=f"tiny-{kind}")
-        demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-        demos.append(demo)
-        served[kind] = demo.local_url
+        port = free_port()
+        application = gr.mount_gradio_app(FastAPI(), app.build_demo(handler, name=f"tiny-{kind}"), path="/")
+        server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        served[kind] = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + TIMEOUT
+    while not all(server.started for server, _ in servers):
+        assert time.monotonic() < deadline, f"the apps did not start within {TIMEOUT} s"
+        time.sleep(0.1)
     yield served
-    for demo in demos:
-        demo.close()
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +134,14 @@ def open_tab(driver, title: str):
     click_when_ready(driver, lambda: tabs()[0], f"the {title!r} tab")
 
 
-def upload(driver, elem_id: str, path: Path):
+def upload(driver, prefix: str, path: Path):
+    """Send a file to the tab's photo field and wait for its preview."""
     from selenium.webdriver.common.by import By
 
-    field = wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} input[type=file]"),
-                     f"the file field of #{elem_id}")[0]
+    field = wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, f"#{prefix}_photo input[type=file]"),
+                     f"the file field of #{prefix}_photo")[0]
     field.send_keys(str(path))
-    wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} img"), f"the preview in #{elem_id}")
+    wait_for(driver, lambda: gallery_images(driver, f"{prefix}_preview"), f"the preview #{prefix}_preview")
 
 
 def gallery_images(driver, elem_id: str) -> list:
@@ -180,7 +185,7 @@ def test_samples_tab_shows_the_requested_images(driver, urls):
 def test_completion_of_an_uploaded_photo_shows_original_prompt_and_completions(driver, urls, photo_file):
     driver.get(urls["generative"])
     open_tab(driver, "Complete a photo")
-    upload(driver, "complete_photo", photo_file)
+    upload(driver, "complete", photo_file)
     click(driver, "complete_button")
     wait_for(driver, lambda: len(gallery_images(driver, "completions")) == 2 + 4, "original, prompt and 4 completions")
     screenshot(driver, "complete")
@@ -194,9 +199,10 @@ def test_an_upload_that_is_not_an_image_gets_a_message(driver, urls, tmp_path):
     open_tab(driver, "Nearest neighbours")
     from selenium.webdriver.common.by import By
 
-    driver.find_element(By.CSS_SELECTOR, "#neighbours_photo input[type=file]").send_keys(str(not_an_image))
-    click(driver, "neighbours_button")
-    wait_for(driver, lambda: "Could not read the upload as an image" in driver.page_source, "the error message")
+    field = wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#neighbours_photo input[type=file]"),
+                     "the file field")[0]
+    field.send_keys(str(not_an_image))  # the message comes on arrival, before any button is pressed
+    wait_for(driver, lambda: "are not an image file PIL can read" in driver.page_source, "the error message")
     assert "Traceback" not in driver.page_source
 
 
@@ -204,7 +210,7 @@ def test_an_upload_that_is_not_an_image_gets_a_message(driver, urls, tmp_path):
 def test_neighbours_tab_shows_five_tiles(driver, urls, photo_file):
     driver.get(urls["generative"])
     open_tab(driver, "Nearest neighbours")
-    upload(driver, "neighbours_photo", photo_file)
+    upload(driver, "neighbours", photo_file)
     click(driver, "neighbours_button")
     wait_for(driver, lambda: len(gallery_images(driver, "neighbours")) == 5, "5 neighbours")
     screenshot(driver, "neighbours")
@@ -214,7 +220,7 @@ def test_neighbours_tab_shows_five_tiles(driver, urls, photo_file):
 def test_classifier_tab_shows_five_labels(driver, urls, photo_file, handlers):
     driver.get(urls["classifier"])
     open_tab(driver, "Classify")
-    upload(driver, "classify_photo", photo_file)
+    upload(driver, "classify", photo_file)
     click(driver, "classify_button")
     expected = [entry["label"] for entry in handlers["classifier"].classify(Image.open(photo_file), top_k=5)]
     wait_for(driver, lambda: all(label in driver.find_element("id", "labels").text for label in expected), "5 labels")
@@ -240,13 +246,15 @@ def test_callbacks_refuse_bad_uploads_with_a_message(handlers, tmp_path, photo_f
         app.shows_errors(demo.neighbours)(str(not_an_image), 1)
 
 
-def test_grayscale_and_rgba_photos_are_completed_as_rgb(handlers, tmp_path, photo_file):
+def test_grayscale_and_rgba_photos_are_completed_as_rgb_with_progress_by_row(handlers, tmp_path, photo_file):
     demo = app.Demo(handlers["generative"], "tiny")
     for mode in ("L", "RGBA"):
         path = tmp_path / f"photo_{mode}.png"
         Image.open(photo_file).convert(mode).save(path)
-        shown = demo.complete(str(path), 6, 2, 1.0, 0, 0, progress=lambda *args, **kwargs: None)
+        progress = []
+        shown = demo.complete(str(path), 6, 2, 1.0, 0, 0, progress=lambda fraction, desc: progress.append(fraction))
         assert len(shown) == 4 and all(image.mode == "RGB" for image, _ in shown)
+        assert progress == [row / 6 for row in range(1, 7)]  # 6 rows of 12 pixels sampled, one update per row
 
 
 def test_write_space_writes_a_gradio_space_for_the_model(tmp_path):

@@ -12,7 +12,7 @@ In a Space (written by `hub_cards.space.write_space`) the model comes from the `
 
 The checkpoint runs through `EndpointHandler` (handler.py, the Inference Endpoints handler), which loads the
 checkpoint's own code (trust_remote_code=True): sampling is the checkpoint's pipeline on `model.generate()`'s defaults
-(IGPT's image decoder on the CPU). Bad uploads (not an image, too large) get a message in the page.
+(IGPT's image decoder on the CPU). Bad uploads (not an image, too large) get a message in the page as soon as they arrive.
 """
 
 import argparse
@@ -45,22 +45,20 @@ TILES = (2, 3)  # each example photo is cut into rows x columns tiles: the neigh
 # Inputs and outputs
 
 
-class PhotoInput(gr.Image):
-    """`gr.Image` handing the callback a file path; an upload that is not an image becomes a message in the page
-    (gradio's own decoding would raise a bare error before any callback runs)."""
+def photo_picker(prefix: str, examples: list[list[str]]) -> gr.File:
+    """An upload field with a preview and the example photos; returns the field (callbacks get its file path).
 
-    is_template = True  # gradio's mark for a subclass that keeps its parent's frontend (as gr.Sketchpad does)
+    A file field, not `gr.Image`: gradio decodes an image upload before any callback runs and answers a file that is not
+    an image with a bare "Error"; here the app reads the file itself and says what is wrong as soon as it arrives."""
+    photo = gr.File(label="Photo (PNG, JPEG, WebP, ...)", file_types=["image"], elem_id=f"{prefix}_photo")
+    preview = gr.Image(label="Photo", interactive=False, height=240, elem_id=f"{prefix}_preview")
+    gr.Examples(examples, inputs=photo, label="Example photos")
+    photo.change(shows_errors(preview_photo), photo, preview)
+    return photo
 
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
-            raise gr.Error(f"Could not read the upload as an image (PNG, JPEG, WebP, ...): {error}") from None
 
-
-def photo_input(elem_id: str) -> PhotoInput:
-    # gradio builds a component's page config from its __init__ arguments: PhotoInput keeps gr.Image's __init__
-    return PhotoInput(type="filepath", label="Photo", sources=["upload", "clipboard"], height=280, elem_id=elem_id)
+def preview_photo(path: str | None) -> PIL.Image.Image | None:
+    return None if path is None else open_photo(path)
 
 
 def open_photo(path: str | None) -> PIL.Image.Image:
@@ -225,8 +223,7 @@ def build_demo(handler: EndpointHandler, name: str) -> gr.Blocks:
             with gr.Tab("Complete a photo", id="complete"):
                 with gr.Row():
                     with gr.Column():
-                        photo = photo_input("complete_photo")
-                        gr.Examples(examples, inputs=photo, label="Example photos")
+                        photo = photo_picker("complete", examples)
                     with gr.Column():
                         rows_kept = gr.Slider(0, height - 1, value=height // 2, step=1, label=f"Rows to keep (of {height})")
                         num_completions = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Completions")
@@ -245,8 +242,7 @@ def build_demo(handler: EndpointHandler, name: str) -> gr.Blocks:
             with gr.Tab("Classify", id="classify"):
                 with gr.Row():
                     with gr.Column():
-                        photo = photo_input("classify_photo")
-                        gr.Examples(examples, inputs=photo, label="Example photos")
+                        photo = photo_picker("classify", examples)
                         classify_button = gr.Button("Classify", variant="primary", elem_id="classify_button")
                     labels = gr.Label(num_top_classes=5, label="Top-5 labels", elem_id="labels")
                 classify_button.click(shows_errors(demo_state.classify), photo, labels)
@@ -258,8 +254,7 @@ def build_demo(handler: EndpointHandler, name: str) -> gr.Blocks:
                 )
                 with gr.Row():
                     with gr.Column():
-                        photo = photo_input("neighbours_photo")
-                        gr.Examples(examples, inputs=photo, label="Example photos")
+                        photo = photo_picker("neighbours", examples)
                         layer = gr.Slider(0, config.num_hidden_layers, value=handler.default_layer, step=1, label="Layer l")
                         neighbours_button = gr.Button("Find neighbours", variant="primary", elem_id="neighbours_button")
                     neighbours = gr.Gallery(label="Nearest tiles", columns=5, height="auto", elem_id="neighbours")
