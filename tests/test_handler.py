@@ -1,15 +1,13 @@
 """The Inference Endpoints handler, called the way an endpoint calls it: `handler.py` copied into a saved checkpoint
-folder, imported from there by a Python in which this package cannot be imported (the checkpoint's own code runs),
-`EndpointHandler(path)` built once, then called with JSON requests. Its answers are compared with this package's
-pipeline and models on the same weights and seeds.
+folder, imported from there by a Python in which this package cannot be imported (`hub_cards.validation.run_python`:
+the checkpoint's own code runs), `EndpointHandler(path)` built once, then called with JSON requests. Its answers are
+compared with this package's pipeline and models on the same weights and seeds.
 """
 
 import base64
 import io
 import json
 import re
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -19,11 +17,12 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from hub_cards.space import write_handler
+from hub_cards.validation import run_python
 from modeling_igpt import IGPTForImageClassification, IGPTForMaskedImageModeling
 from modeling_igpt.pipeline_igpt import IGPTImageGenerationPipeline
-from test_pipeline_igpt import HEIGHT, WIDTH, tiny_model, tiny_processor
 
 
+HEIGHT, WIDTH, CLUSTERS = 6, 6, 8  # tests/conftest.py's tiny_processor()
 LABELS = {0: "zero", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 
 
@@ -60,7 +59,6 @@ REQUESTS = {  # name -> (checkpoint kind, request)
 }
 CALL_HANDLER = textwrap.dedent("""
     import json, sys
-    sys.modules["modeling_igpt"] = sys.modules["image_processing"] = None  # installed here: hide it
     folders, requests = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     handlers, answers = {}, {}
     for kind, folder in folders.items():
@@ -80,15 +78,16 @@ CALL_HANDLER = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, tiny_model, tiny_processor):
     """{kind: (folder, model)}: saved checkpoints of each kind with handler.py at their root."""
     root = tmp_path_factory.mktemp("endpoints")
-    generative = tiny_model()
+    generative = tiny_model(vocab_size=CLUSTERS + 1)
     IGPTImageGenerationPipeline(model=generative, image_processor=tiny_processor(), device=-1).save_pretrained(
         root / "generative"
     )
-    classifier = tiny_model(IGPTForImageClassification, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
-    bert = tiny_model(IGPTForMaskedImageModeling, objective="bert")
+    classifier = tiny_model(IGPTForImageClassification, vocab_size=CLUSTERS + 1, id2label=LABELS,
+                            label2id={v: k for k, v in LABELS.items()})
+    bert = tiny_model(IGPTForMaskedImageModeling, vocab_size=CLUSTERS + 1, objective="bert")
     for kind, model in (("classifier", classifier), ("features", bert)):
         model.save_pretrained(root / kind)
         tiny_processor().save_pretrained(root / kind)
@@ -101,34 +100,29 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def answers(checkpoints, tmp_path_factory):
+    """Every request's answer (or its ValueError's message), from a Python that cannot import this package."""
     folders = json.dumps({kind: str(folder) for kind, (folder, _) in checkpoints.items()})
-    scratch = tmp_path_factory.mktemp("scratch")
-    environment = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(scratch / "hf"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", CALL_HANDLER, folders, json.dumps(REQUESTS)],
-        capture_output=True, text=True, cwd=scratch, env=environment, timeout=240,
-    )
+    result = run_python(CALL_HANDLER, folders, json.dumps(REQUESTS), hf_home=tmp_path_factory.mktemp("hf"))
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def package_pipeline(checkpoints):
-    model = checkpoints["generative"][1]
-    return IGPTImageGenerationPipeline(model=model, image_processor=tiny_processor(), device=-1)
+def package_pipeline(checkpoints, processor):
+    return IGPTImageGenerationPipeline(model=checkpoints["generative"][1], image_processor=processor, device=-1)
 
 
-def test_samples_are_base64_pngs_equal_to_the_package_pipeline(answers, checkpoints):
-    expected = package_pipeline(checkpoints)(num_images=3, top_k=4, seed=0)
+def test_samples_are_base64_pngs_equal_to_the_package_pipeline(answers, checkpoints, tiny_processor):
+    expected = package_pipeline(checkpoints, tiny_processor())(num_images=3, top_k=4, seed=0)
     images = [decode(answer["image"]) for answer in answers["samples"]]
     assert [image.shape for image in images] == [(HEIGHT, WIDTH, 3)] * 3
     assert all(np.array_equal(image, np.asarray(want)) for image, want in zip(images, expected))
     assert not all(np.array_equal(images[0], image) for image in images[1:])  # three draws, not one
 
 
-def test_completions_keep_the_top_half_and_equal_the_package_pipeline(answers, checkpoints):
+def test_completions_keep_the_top_half_and_equal_the_package_pipeline(answers, checkpoints, tiny_processor):
     photo = Image.open(io.BytesIO(base64.b64decode(REQUESTS["completions"][1]["inputs"])))  # the JPEG as sent
-    expected = package_pipeline(checkpoints)(photo, num_images=2, seed=1)
     processor = tiny_processor()
+    expected = package_pipeline(checkpoints, processor)(photo, num_images=2, seed=1)
     quantized = processor.decode(processor(photo, return_tensors="pt")["input_ids"], output_type="np")[0]
     images = [decode(answer["image"]) for answer in answers["completions"]]
     assert len(images) == 2
@@ -141,7 +135,7 @@ def test_grayscale_with_alpha_is_read_as_rgb(answers):
     assert decode(answers["gray_rgba"][0]["image"]).shape == (HEIGHT, WIDTH, 3)
 
 
-def test_labels_are_the_classifier_top_5(answers, checkpoints):
+def test_labels_are_the_classifier_top_5(answers, checkpoints, tiny_processor):
     model = checkpoints["classifier"][1]
     with torch.no_grad():
         probabilities = model(tiny_processor()(PHOTO, return_tensors="pt")["input_ids"]).logits.softmax(-1)[0]
@@ -151,14 +145,14 @@ def test_labels_are_the_classifier_top_5(answers, checkpoints):
     assert answers["data_uri"] == answers["labels"]  # a data URI is the same image; top_k defaults to 5
 
 
-def test_features_are_the_probe_features(answers, checkpoints):
+def test_features_are_the_probe_features(answers, checkpoints, tiny_processor):
     trunk = checkpoints["features"][1].transformer
     input_ids = tiny_processor()(PHOTO, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         expected = trunk.get_probe_features(input_ids, layers=1)[0]
     assert answers["features"][0]["layer"] == 1
     assert np.allclose(answers["features"][0]["features"], expected.numpy(), atol=1e-5)
-    assert answers["default_layer"][0]["layer"] == 1 and len(answers["default_layer"][0]["features"]) == 16
+    assert answers["default_layer"][0]["layer"] == 1 and len(answers["default_layer"][0]["features"]) == trunk.config.hidden_size
 
 
 @pytest.mark.parametrize(
