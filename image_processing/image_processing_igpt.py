@@ -61,6 +61,8 @@ def to_rgb_uint8(image, input_data_format: str | ChannelDimension | None = None)
     if isinstance(image, PIL.Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"Got a zero-size image of size {image.size}.")
+        if image.mode == "RGB":  # what convert_to_rgb would copy: the common case, kept fast for tokenization
+            return np.asarray(image)
         if image.mode.startswith("I"):  # 16-bit grayscale: scaled as uint16 below
             pixels = np.asarray(image)
             if pixels.min() < 0 or pixels.max() > 65535:
