@@ -3,8 +3,8 @@
 
 With `fsdp_state_dict_type: SHARDED_STATE_DICT` (examples/accelerate_configs/fsdp2.yaml) every process writes its
 own shard of the weights through torch.distributed.checkpoint: `checkpoint-N/pytorch_model_fsdp_0/__<rank>_0.distcp`
-plus `.metadata`, and the optimiser state in `checkpoint-N/optimizer_0/`. Trainer resumes from that folder as it is
-(`--resume_from_checkpoint`). To publish or evaluate, merge it:
+plus `.metadata`, and the optimiser state in `checkpoint-N/optimizer_0/` (what Trainer's FSDP resume reads; see
+docs/scaling.md for what run_pretraining.py accepts). To publish or evaluate, merge it:
 
     python examples/merge_fsdp_checkpoint.py RUN/checkpoint-N MERGED [--config_from RUN]
     python hub_cards/publish.py MERGED --repo_id ORG/NAME --output_dir HUB_FOLDER
