@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""One `save_pretrained` folder (config.json, model.safetensors, preprocessor_config.json) from a sharded FSDP checkpoint.
+"""One `save_pretrained` folder (config.json, model.safetensors, preprocessor_config.json) from a sharded FSDP
+checkpoint.
 
 With `fsdp_state_dict_type: SHARDED_STATE_DICT` (examples/accelerate_configs/fsdp2.yaml) every process writes its
 own shard of the weights through torch.distributed.checkpoint: `checkpoint-N/pytorch_model_fsdp_0/__<rank>_0.distcp`
@@ -52,9 +53,9 @@ def merge_fsdp_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.Pa
     shards = checkpoint / SHARDED_WEIGHTS_FOLDER
     if not (shards / ".metadata").is_file():
         raise FileNotFoundError(
-            f"{checkpoint} has no sharded FSDP weights ({SHARDED_WEIGHTS_FOLDER}/.metadata): give a checkpoint-N folder "
-            "written with fsdp_state_dict_type SHARDED_STATE_DICT (a FULL_STATE_DICT run saves model.safetensors "
-            "directly)."
+            f"{checkpoint} has no sharded FSDP weights ({SHARDED_WEIGHTS_FOLDER}/.metadata): give a checkpoint-N "
+            "folder written with fsdp_state_dict_type SHARDED_STATE_DICT (a FULL_STATE_DICT run saves "
+            "model.safetensors directly)."
         )
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"{output_dir} is not empty: pass a new folder")

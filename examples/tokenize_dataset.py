@@ -4,7 +4,8 @@ without decoding, resizing and quantizing every image in every epoch.
 
     images (Hub / parquet / imagefolder; the same train / validation split as run_pretraining.py)
         -> palette colours (given, or fitted here by k-means) or VQ-VAE codes
-        -> OUTPUT/<split>/<index>-of-<count>.parquet + the processor + token_shards.json  (modeling_igpt/token_shards.py)
+        -> OUTPUT/<split>/<index>-of-<count>.parquet + the processor + token_shards.json
+           (modeling_igpt/token_shards.py)
 
     python examples/tokenize_dataset.py --train_file cifar10/train.parquet --output_dir cifar10-tokens \\
         --image_size 32 --n_clusters 512 --num_proc 8

@@ -3,7 +3,7 @@ times, from disk or streamed.
 
     splits of images -> ImageTokenizer -> PATH/<split>/<index>-of-<count>.parquet   pixel_ids: uint16 x N [, label]
                                           PATH/preprocessor_config.json [+ vqvae/]  the tokenizer that made them
-                                          PATH/token_shards.json                    its fingerprint, grid, rows per split
+                                          PATH/token_shards.json                    fingerprint, grid, rows per split
     PATH -> load_token_shards(PATH, split[, streaming=True]) -> datasets Dataset / IterableDataset, int64 pixel_ids
 
 Writing is resumable: each shard appears under its final name only once complete, and a rerun writes only the
@@ -120,7 +120,8 @@ class TokenShardsInfo:
         with open(file_path) as file:
             values = json.load(file)
         if values.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{file_path} has format version {values.get('format_version')}; this igpt reads {FORMAT_VERSION}.")
+            version = values.get("format_version")
+            raise ValueError(f"{file_path} has format version {version}; this igpt reads {FORMAT_VERSION}.")
         values["grid_size"] = tuple(values["grid_size"])
         values["splits"] = {name: SplitPlan(**plan) for name, plan in values["splits"].items()}
         return cls(**values)
@@ -197,8 +198,8 @@ def write_token_shards(
 
     `tokenizer` is an `ImageTokenizer` (images -> (B, N) ids; `.processor`, `.vqvae`, `.save_pretrained`). Shards hold
     `images_per_shard` images at most, contiguous and in the split's order (`Dataset.shard(contiguous=True)`): read
-    in file order they are the split's rows. `num_proc` processes write shards in parallel. A rerun writes only the shards that
-    are missing and refuses a folder planned with another tokenizer or other splits.
+    in file order they are the split's rows. `num_proc` processes write shards in parallel. A rerun writes only the
+    shards that are missing and refuses a folder planned with another tokenizer or other splits.
     """
     num_tokens = tokenizer_num_tokens(tokenizer.processor, tokenizer.vqvae)
     if num_tokens is None or num_tokens > MAX_UINT16_TOKENS:
@@ -272,7 +273,9 @@ def read_token_shards_info(path: str) -> TokenShardsInfo:
     return info
 
 
-def check_token_shards(path: str, processor, vqvae=None, config=None, model_source: str | None = None) -> TokenShardsInfo:
+def check_token_shards(
+    path: str, processor, vqvae=None, config=None, model_source: str | None = None
+) -> TokenShardsInfo:
     """ValueError unless the shards in `path` were made by this tokenizer (`processor`, plus `vqvae` for codes) and,
     when `config` is given, the model reads them (`compatibility.check_model_fits_tokenizer`)."""
     info = read_token_shards_info(path)
@@ -311,7 +314,9 @@ def load_token_shards(
     files = [os.path.join(path, split, name) for name in plan.file_names()]
     missing = [file for file in files if not os.path.isfile(file)]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of the {plan.num_shards} {split} shards in {path} are missing: {missing[:3]}")
+        raise FileNotFoundError(
+            f"{len(missing)} of the {plan.num_shards} {split} shards in {path} are missing: {missing[:3]}"
+        )
     dataset = datasets.load_dataset(
         "parquet", data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir
     )

@@ -1,4 +1,5 @@
-"""FSDP2 sharded training on CPUs: two gloo processes against one, resume from a sharded checkpoint, merge to one folder.
+"""FSDP2 sharded training on CPUs: two gloo processes against one, resume from a sharded checkpoint, merge to one
+folder.
 
 What runs here and what does not (accelerate 1.15, torch 2.13, no accelerator device):
 
@@ -38,7 +39,9 @@ LOSS_TOLERANCE = 1e-5
 
 
 def tiny_config() -> IGPTConfig:
-    return IGPTConfig(vocab_size=17, max_position_embeddings=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    return IGPTConfig(
+        vocab_size=17, max_position_embeddings=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
+    )
 
 
 def new_model(seed: int) -> IGPTForCausalImageModeling:
