@@ -160,6 +160,7 @@ def build_card(model, processor, repo_id: str, kind: str, metrics: dict, images:
         repo_id=repo_id,
         model_name=repo_id.split("/")[-1],
         revision_hint=options.revision or "COMMIT_SHA",
+        space_id=options.space_id,
         source_repo=options.source_repo,
         kind=kind,
         model_class=type(model).__name__,

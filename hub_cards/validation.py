@@ -50,6 +50,8 @@ def check_files(output_dir: Path, model):
         problems.append(f"pickle files {pickles}")
     if not (output_dir / "model.safetensors").is_file():
         problems.append("no model.safetensors")
+    if not (output_dir / "handler.py").is_file():
+        problems.append("no handler.py (Inference Endpoints)")
     config = json.loads((output_dir / "config.json").read_text())
     missing_entries = set(AUTO_MAP) - set(config.get("auto_map", {}))
     if missing_entries:

@@ -424,3 +424,37 @@ def test_generation_pipeline_from_a_published_folder_needs_no_trust_remote_code(
     assert prompts == []
     assert type(generate) is IGPTImageGenerationPipeline
     assert len(generate(num_images=2, top_k=2)) == 2
+
+
+def test_publish_ships_the_endpoint_handler_and_writes_a_linked_space(tmp_path):
+    folder = checkpoint(tmp_path / "ckpt", tiny_model(IGPTForCausalImageModeling))
+    output_dir, _ = assemble(
+        folder, tmp_path / "out", "org/igpt-s", "--space_dir", str(tmp_path / "space"), "--space_id", "org/igpt-s-demo",
+        "--revision", "v1",
+    )  # fmt: skip
+    assert (output_dir / "handler.py").read_text() == (Path(publish.__file__).parent / "handler.py").read_text()
+    assert {"app.py", "handler.py", "requirements.txt", "README.md", "space.json"} <= {p.name for p in (tmp_path / "space").iterdir()}
+    assert json.loads((tmp_path / "space" / "space.json").read_text()) == {"model": "org/igpt-s", "revision": "v1"}
+    assert "https://huggingface.co/spaces/org/igpt-s-demo" in (output_dir / "README.md").read_text()
+    (output_dir / "handler.py").unlink()
+    with pytest.raises(ValueError, match="no handler.py"):
+        validation.check_files(output_dir, tiny_model(IGPTForCausalImageModeling))
+
+    calls = []
+
+    class RecordingApi:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: calls.append((name, args, kwargs))
+
+    options = publish.parse_args(
+        [str(folder), "--repo_id", "org/igpt-s", "--output_dir", str(output_dir), "--space_dir", str(tmp_path / "space"),
+         "--space_id", "org/igpt-s-demo"]
+    )  # fmt: skip
+    publish.push(output_dir, options, api=RecordingApi())
+    assert calls[-2:] == [
+        ("create_repo", ("org/igpt-s-demo",), {"repo_type": "space", "space_sdk": "gradio", "private": False, "exist_ok": True}),
+        ("upload_folder", (), {"repo_id": "org/igpt-s-demo", "repo_type": "space", "folder_path": tmp_path / "space",
+                               "commit_message": "Demo of org/igpt-s"}),
+    ]
+    with pytest.raises(ValueError, match="--space_id needs --space_dir"):
+        assemble(folder, tmp_path / "other", "org/igpt-s", "--space_id", "org/igpt-s-demo")
