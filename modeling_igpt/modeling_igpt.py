@@ -699,7 +699,7 @@ class IGPTForMaskedImageModeling(IGPTPreTrainedModel):
                     raise ValueError(
                         "labels must be -100 outside bool_masked_pos when num_items_in_batch is given (Trainer counts "
                         "every label != -100 as an item, but only masked pixels are scored): draw the mask where the "
-                        "batch is made, as examples/data.py's PretrainingCollator does."
+                        "batch is made, as modeling_igpt.PretrainingCollator does."
                     )
             masked_labels = labels.masked_fill(unmasked, -100)
             _check_pixel_labels(masked_labels, self.config.vocab_size - 1)
