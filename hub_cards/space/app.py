@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -286,6 +287,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="commit of the repo to load: pin it, the app runs the repository's code")
     parser.add_argument("--host", default=None, help="address to serve on (gradio's default: 127.0.0.1, 0.0.0.0 in a Space)")
     parser.add_argument("--port", type=int, default=None, help="port (gradio's default: 7860)")
+    parser.add_argument("--no_warmup", action="store_true",
+                        help="skip sampling one image before serving (it compiles the CPU image decoder once, so that "
+                             "the first visitor does not wait for it)")
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("name a checkpoint: --model PATH_OR_REPO, the IGPT_MODEL variable, or space.json")
@@ -297,6 +301,10 @@ def main(argv: list[str] | None = None):
     with contextlib.suppress(ImportError):
         import modeling_igpt  # noqa: F401  installed: its registered classes serve checkpoints without published code
     handler = load_handler(args.model, args.revision)
+    if handler.kind == "generative" and not args.no_warmup:
+        started = time.perf_counter()
+        handler.sample(num_images=1, seed=0)  # the decode step compiles on the first long request (minutes on a CPU)
+        print(f"Warmed up in {time.perf_counter() - started:.0f} s: one image sampled, the image decoder compiled")
     demo = build_demo(handler, name=Path(args.model.rstrip("/")).name)
     demo.queue().launch(server_name=args.host, server_port=args.port)
 
