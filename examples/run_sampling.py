@@ -24,6 +24,7 @@ from transformers import HfArgumentParser, set_seed
 from image_processing import make_image_grid
 from image_processing.data import DataArguments, load_image_splits
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, ImageTokenizer
+from modeling_igpt.pipeline_igpt import completion_prompts
 from modeling_igpt.training import check_local_folder
 
 
@@ -122,14 +123,15 @@ def main(argv: list[str] | None = None) -> dict:
         splits = load_image_splits(data_args, seed=sampling_args.seed, with_test=True)
         images = splits.splits["test"][: sampling_args.num_completions][splits.image_column]
         originals = tokenizer(images)  # (C, N)
-        half = (tokenizer.grid_size[0] // 2) * tokenizer.grid_size[1]  # the top rows
-        prompts = torch.cat([torch.full((len(originals), 1), start), originals[:, :half]], dim=1)  # (C, 1 + N/2)
+        height, width = tokenizer.grid_size
+        prompts = completion_prompts(originals, width, height, start)  # (C, 1 + top half), as the pipeline keeps
         set_seed(sampling_args.seed)
         k = sampling_args.completions_per_image
         completions = generate(model, prompts.repeat_interleave(k, dim=0), length, sampling_args).view(len(originals), k, length)
         decoded = tokenizer.decode(torch.cat([completions, originals[:, None]], dim=1).flatten(0, 1))
         rows = [decoded[i * (k + 1) : (i + 1) * (k + 1)] for i in range(len(originals))]  # k completions, original
-        rows = [[hide_bottom_half(row[-1])] + row for row in rows]
+        kept_rows = (prompts.shape[1] - 1) // width
+        rows = [[hide_unseen_rows(row[-1], kept_rows, height)] + row for row in rows]
         written["completions"] = os.path.join(sampling_args.output_dir, "completions.png")
         grid = make_image_grid([image for row in rows for image in row], nrow=k + 2)
         enlarge(grid, sampling_args.display_scale).save(written["completions"])
@@ -145,10 +147,10 @@ def enlarge(image: Image.Image, scale: int) -> Image.Image:
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
 
-def hide_bottom_half(image: Image.Image) -> Image.Image:
-    """What the model was given: the top half, the rest black."""
+def hide_unseen_rows(image: Image.Image, kept_rows: int, grid_height: int) -> Image.Image:
+    """What the model was given: the top `kept_rows` of `grid_height` token rows, the rest black."""
     pixels = np.array(image)
-    pixels[pixels.shape[0] // 2 :] = 0
+    pixels[pixels.shape[0] * kept_rows // grid_height :] = 0
     return Image.fromarray(pixels)
 
 

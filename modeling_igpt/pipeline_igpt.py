@@ -25,6 +25,16 @@ TASK = "unconditional-image-generation"
 FIXED_GENERATE_KWARGS = ("max_length", "max_new_tokens", "min_length", "min_new_tokens", "input_ids", "attention_mask")
 
 
+def completion_prompts(
+    pixel_ids: torch.LongTensor, width: int, height: int, start_token_id: int, prompt_fraction: float = 0.5
+) -> torch.LongTensor:
+    """Images' token ids (B, H*W) -> completion prompts (B, 1 + kept): the start token, then the top
+    round(height x prompt_fraction) whole rows in raster order (the paper's half-image completions)."""
+    kept = round(height * prompt_fraction) * width
+    start = torch.full_like(pixel_ids[:, :1], start_token_id)
+    return torch.cat([start, pixel_ids[:, :kept]], dim=1)
+
+
 class IGPTImageGenerationPipeline(Pipeline):
     """Sample images from an autoregressive Image GPT, or complete the top rows of given images.
 
@@ -102,8 +112,8 @@ class IGPTImageGenerationPipeline(Pipeline):
             image = load_image(image)
         pixels = self.image_processor(image, return_tensors="pt")["input_ids"]  # (1, H*W)
         height, width = self._image_size()
-        kept = round(height * prompt_fraction) * width  # whole rows, in raster order
-        return {"input_ids": torch.cat([start, pixels[:, :kept].expand(num_images, -1)], dim=1)}  # (n, 1 + kept)
+        prompt = completion_prompts(pixels, width, height, self.image_processor.start_token_id, prompt_fraction)
+        return {"input_ids": prompt.expand(num_images, -1)}  # (n, 1 + kept)
 
     def _forward(self, model_inputs, seed: int | None = None, generate_kwargs: dict | None = None):
         prompt = model_inputs["input_ids"]  # (n, 1 + kept)

@@ -107,3 +107,14 @@ def test_length_and_prompt_keywords_are_refused_naming_them(pipe, keyword):
 def test_a_seed_that_is_not_an_integer_is_refused(pipe):
     with pytest.raises(ValueError, match="seed must be an integer, got 'a'"):
         pipe(num_images=1, seed="a")
+
+
+def test_completion_prompts_keep_whole_top_rows_after_the_start_token():
+    from modeling_igpt.pipeline_igpt import completion_prompts
+
+    pixels = torch.arange(2 * 7 * 3).view(2, 21)  # two 7-row, 3-column images
+    prompts = completion_prompts(pixels, width=3, height=7, start_token_id=99)
+    kept = round(7 * 0.5) * 3  # 4 whole rows: what the pipeline and run_sampling both keep
+    assert torch.equal(prompts[:, 0], torch.tensor([99, 99]))
+    assert torch.equal(prompts[:, 1:], pixels[:, :kept])
+    assert completion_prompts(pixels, 3, 7, 99, prompt_fraction=0.25).shape == (2, 1 + 2 * 3)
