@@ -19,7 +19,6 @@ one JSON file (`run_image_classification.py args.json`).
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -39,9 +38,10 @@ from modeling_igpt import (
 from modeling_igpt.training import (
     check_local_folder,
     check_output_dir,
-    checkpoint_step,
     paper_optimiser_defaults,
     resolve_checkpoint,
+    train_evaluate_predict,
+    write_model_card,
 )
 
 
@@ -165,46 +165,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         num_masks=model_args.num_masks,
     )
 
-    metrics = {}
-    if training_args.do_train:
-        first_step = checkpoint_step(checkpoint)  # read now: checkpoint rotation may delete the folder while training
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(training_args.output_dir)  # the processor, plus the VQ-VAE of a prior on codes
-        # Trainer's train metrics cover only the steps run by this call: say which (trainer_state.json has them all).
-        train_metrics = {
-            **train_result.metrics,
-            "resumed_from_step": first_step,
-            "train_steps_in_this_run": trainer.state.global_step - first_step,
-            **splits.skipped_metrics,
-        }
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        trainer.save_state()
-        metrics.update(train_metrics)
-    if training_args.do_eval:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-    if training_args.do_predict:
-        test_metrics = trainer.predict(test_dataset, metric_key_prefix="test").metrics
-        trainer.log_metrics("test", test_metrics)
-        trainer.save_metrics("test", test_metrics)
-        metrics.update(test_metrics)
-
-    card = {
-        "model_name": os.path.basename(os.path.normpath(training_args.output_dir)),
-        "finetuned_from": model_args.model_name_or_path,
-        "tasks": "image-classification",
-        "tags": ["igpt", "image-gpt", "image-classification"],
-        "dataset": data_args.dataset_name or data_args.train_file or data_args.train_dir,
-    }
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
-    else:
-        trainer.create_model_card(**card)
+    metrics = train_evaluate_predict(trainer, training_args, checkpoint, tokenizer, splits.skipped_metrics, test_dataset)
+    write_model_card(
+        trainer, training_args, model_args.model_name_or_path, "image-classification",
+        ["igpt", "image-gpt", "image-classification"], data_args.dataset_name or data_args.train_file or data_args.train_dir,
+    )  # fmt: skip
     return metrics
 
 

@@ -20,7 +20,6 @@ stream them); docs/scaling.md has the sharded (FSDP2 / ZeRO-3) launch configs an
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -44,9 +43,10 @@ from modeling_igpt.token_shards import TokenShardArguments, pretraining_datasets
 from modeling_igpt.training import (
     check_local_folder,
     check_output_dir,
-    checkpoint_step,
     paper_optimiser_defaults,
     resolve_checkpoint,
+    train_evaluate_predict,
+    write_model_card,
 )
 
 
@@ -219,43 +219,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer.processor,
     )
 
-    metrics = {}
-    if training_args.do_train:
-        first_step = checkpoint_step(checkpoint)  # read now: checkpoint rotation may delete the folder while training
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(training_args.output_dir)  # the processor, plus the VQ-VAE of a prior on codes
-        # Trainer's train metrics cover only the steps run by this call: say which (trainer_state.json has them all).
-        train_metrics = {
-            **train_result.metrics,
-            "resumed_from_step": first_step,
-            "train_steps_in_this_run": trainer.state.global_step - first_step,
-            **(splits.skipped_metrics if splits is not None else {}),
-        }
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        trainer.save_state()
-        metrics.update(train_metrics)
-    if training_args.do_eval:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-
+    skipped = splits.skipped_metrics if splits is not None else {}
+    metrics = train_evaluate_predict(trainer, training_args, checkpoint, tokenizer, skipped)
     if model_args.model_name_or_path is None:  # the card then says "trained from scratch", not "fine-tuned from []"
         model.config.name_or_path = training_args.output_dir
-    card = {
-        "model_name": os.path.basename(os.path.normpath(training_args.output_dir)),
-        "finetuned_from": model_args.model_name_or_path,
-        "tasks": "unconditional-image-generation",
-        "tags": ["igpt", "image-gpt", f"{model.config.objective}-pretraining"],
-        "dataset": data_args.dataset_name or data_args.train_file or data_args.train_dir or shard_args.tokenized_dataset,
-    }
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
-    else:
-        trainer.create_model_card(**card)
+    write_model_card(
+        trainer, training_args, model_args.model_name_or_path, "unconditional-image-generation",
+        ["igpt", "image-gpt", f"{model.config.objective}-pretraining"],
+        data_args.dataset_name or data_args.train_file or data_args.train_dir or shard_args.tokenized_dataset,
+    )  # fmt: skip
     return metrics
 
 

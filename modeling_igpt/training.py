@@ -169,3 +169,53 @@ def checkpoint_step(checkpoint: str | None) -> int:
         return 0
     with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as file:
         return json.load(file)["global_step"]
+
+
+def train_evaluate_predict(trainer: Trainer, training_args, checkpoint: str | None, tokenizer, extra_train_metrics: dict,
+                           test_dataset=None) -> dict:
+    """What every Trainer script does after building its Trainer: `do_train` (resumable; saves the model and the
+    tokenizer and says which steps this call ran: trainer_state.json has them all), `do_eval`, `do_predict` on
+    `test_dataset`; each split's metrics logged and saved. Returns all metrics."""
+    metrics = {}
+    if training_args.do_train:
+        first_step = checkpoint_step(checkpoint)  # read now: checkpoint rotation may delete the folder while training
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(training_args.output_dir)  # the processor, plus the VQ-VAE of a prior on codes
+        train_metrics = {
+            **train_result.metrics,
+            "resumed_from_step": first_step,
+            "train_steps_in_this_run": trainer.state.global_step - first_step,
+            **extra_train_metrics,
+        }
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics.update(train_metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if training_args.do_predict and test_dataset is not None:
+        test_metrics = trainer.predict(test_dataset, metric_key_prefix="test").metrics
+        trainer.log_metrics("test", test_metrics)
+        trainer.save_metrics("test", test_metrics)
+        metrics.update(test_metrics)
+    return metrics
+
+
+def write_model_card(trainer: Trainer, training_args, finetuned_from: str | None, task: str, tags: list[str], dataset):
+    """The run's README.md (pushed with --push_to_hub)."""
+    card = {
+        "model_name": os.path.basename(os.path.normpath(training_args.output_dir)),
+        "finetuned_from": finetuned_from,
+        "tasks": task,
+        "tags": tags,
+        "dataset": dataset,
+    }
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
