@@ -8,11 +8,12 @@ Three jobs, each timed for every model in turn, round after round, so that both 
   samples are token-identical.
 
 On a GPU the forward runs under bf16 autocast (sampling stays fp32 so greedy samples can be compared token for token),
-IGPT is timed eager and compiled (`torch.compile(fullgraph=True)`; sampling with a static cache and the compiled,
-CUDA-graph decode that `generate()` switches on for it), and MFU is model FLOPs (6N + 12 L T d per trained token,
-a third of that per extracted token) over the 8192^3 bf16 matmul rate measured in the same run.
+IGPT is timed eager and compiled (every block through `torch.compile(block, fullgraph=True)`, `CompiledBlocks`),
+and MFU is model FLOPs (6N + 12 L T d per trained token, a third of that per extracted token) over the 8192^3 bf16
+matmul rate measured in the same run.
 
-    python benchmarks/bench_model.py [--device cpu|cuda] [--quick] [--shapes S,M,L] [--json out.json]
+    python benchmarks/bench_model.py [--device cpu|cuda] [--quick] [--shapes S,M,L] [--jobs training,sampling]
+        [--json out.json]
 """
 
 import argparse
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,10 +69,15 @@ class Plan:
     sample_tokens: int
     sample_rounds: int
     cpu_memory: bool  # peak memory on CPU: one fresh process per model (slow)
+    transformers_loop: bool = True  # also sample with IGPT through transformers' loop (as long as ImageGPT's calls)
 
 
 FULL = Plan(rounds=3, train_calls=3, feature_calls=3, sample_tokens=1024, sample_rounds=5, cpu_memory=True)
 QUICK = Plan(rounds=2, train_calls=2, feature_calls=2, sample_tokens=128, sample_rounds=1, cpu_memory=False)
+GPU = Plan(  # a lent GPU's minutes are few
+    rounds=2, train_calls=3, feature_calls=3, sample_tokens=1024, sample_rounds=2, cpu_memory=False,
+    transformers_loop=False,
+)
 
 
 # --- Models and inputs ------------------------------------------------------------------------------------------------
@@ -107,6 +114,31 @@ def autocast(device: str):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
 
 
+class CompiledBlocks:
+    """Call `model` with every block through `torch.compile(block, fullgraph=True)`: the blocks share one graph (same
+    code, same shapes), so compiling takes one block's time whatever the depth; embeddings, final norm, head and loss
+    stay eager. The eager blocks are put back after each call, so `model` itself stays eager for the other jobs."""
+
+    def __init__(self, model):
+        self.model, self.trunk = model, model.transformer
+        self.eager_blocks = self.trunk.h
+        self.compiled_blocks = torch.nn.ModuleList(torch.compile(block, fullgraph=True) for block in self.eager_blocks)
+
+    def __call__(self, *args, **kwargs):
+        self.trunk.h = self.compiled_blocks
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            self.trunk.h = self.eager_blocks
+
+    def probe_features(self, input_ids):
+        self.trunk.h = self.compiled_blocks
+        try:
+            return self.trunk.get_probe_features(input_ids)
+        finally:
+            self.trunk.h = self.eager_blocks
+
+
 def synchronize(device: str):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -127,7 +159,7 @@ class TrainingStep:
 
     def __call__(self):
         with autocast(self.device):
-            loss = self.forward(self.tokens, labels=self.tokens).loss
+            loss = self.forward(self.tokens, labels=self.tokens, use_cache=False).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -173,7 +205,7 @@ def bench_training(shape: Shape, reference, ours, device: str, plan: Plan, compi
     reference.train(), ours.train()
     jobs = {"imagegpt": TrainingStep(reference, tokens, device), "igpt": TrainingStep(ours, tokens, device)}
     if compile_ours:
-        compiled = torch.compile(ours, fullgraph=True)
+        compiled = CompiledBlocks(ours)
         jobs["igpt_compiled"] = TrainingStep(ours, tokens, device, forward=compiled, optimizer=jobs["igpt"].optimizer)
     results = alternate(jobs, tokens.numel(), plan.rounds, plan.train_calls, device)
     if device == "cpu" and plan.cpu_memory:
@@ -200,7 +232,7 @@ def bench_features(shape: Shape, reference, ours, device: str, plan: Plan, compi
         "igpt": job(ours.transformer.get_probe_features),
     }
     if compile_ours:
-        jobs["igpt_compiled"] = job(torch.compile(ours.transformer.get_probe_features, fullgraph=True))
+        jobs["igpt_compiled"] = job(CompiledBlocks(ours).probe_features)
     return alternate(jobs, tokens.numel(), plan.rounds, plan.feature_calls, device)
 
 
@@ -215,22 +247,18 @@ def summarize_rounds(rates: dict[str, list[float]]) -> dict:
 def bench_sampling(shape: Shape, reference, ours, device: str, plan: Plan) -> dict:
     """Greedy samples of `sample_batch` images, `plan.sample_tokens` tokens each, from the start token, in fp32.
 
-    ImageGPT and IGPT are both called with `generate()`'s default settings (only the length and greedy are given): on
-    the CPU that is IGPT's image decoder (a cache read up to its filled length, one compiled step for every position,
-    picked by `IGPTForCausalImageModeling.generate`), on a GPU transformers' loop. One more IGPT job shows the other
-    path: on the CPU transformers' loop (`cache_implementation="dynamic"`), on a GPU transformers' static cache with
-    the compiled, CUDA-graph decode step. The first call of the compiling job is the warm-up and is reported apart.
-    Rounds alternate the three; each round's ratio to ImageGPT is kept, the median is reported.
+    ImageGPT and IGPT are both called with `generate()`'s default settings (only the length and greedy are given),
+    which for IGPT is its image decoder (`generation_igpt.decode_images`): on the CPU a cache read up to its filled
+    length and one compiled step for every position, on CUDA one captured CUDA graph per 64 positions. A third job runs
+    IGPT through transformers' own loop (`cache_implementation="dynamic"`), the path ImageGPT takes (not in the GPU
+    plan: as long as ImageGPT's calls). IGPT's first call
+    compiles (CPU) or captures its graphs (CUDA): it is the warm-up and is reported apart. Rounds alternate the jobs;
+    each round's ratio to ImageGPT is kept, the median is reported.
     """
     copy_weights(reference, ours)  # training steps moved the two models apart
     reference.eval(), ours.eval()
     start = torch.full((shape.sample_batch, 1), shape.clusters, device=device)
     length = 1 + plan.sample_tokens
-    if device == "cuda":
-        other_name, other = "igpt_compiled", {"cache_implementation": "static"}
-        other["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
-    else:
-        other_name, other = "igpt_transformers_loop", {"cache_implementation": "dynamic"}
     samples = {}
 
     def job(name, model, **options):
@@ -240,11 +268,13 @@ def bench_sampling(shape: Shape, reference, ours, device: str, plan: Plan) -> di
         return sample
 
     jobs = {"imagegpt": job("imagegpt", reference), "igpt": job("igpt", ours)}
-    jobs[other_name] = job(other_name, ours, **other)
-    compiling = "igpt_compiled" if device == "cuda" else "igpt"
-    begin = time.perf_counter()  # warm-up at the measured length: the first call compiles
-    jobs[compiling]()
-    compile_s = time.perf_counter() - begin
+    if plan.transformers_loop:
+        jobs["igpt_transformers_loop"] = job("igpt_transformers_loop", ours, cache_implementation="dynamic")
+    synchronize(device)
+    begin = time.perf_counter()  # warm-up at the measured length: the first call compiles or captures
+    jobs["igpt"]()
+    synchronize(device)
+    first_call_s = time.perf_counter() - begin
     rates = {name: [] for name in jobs}
     for _ in range(plan.sample_rounds):
         for name, sample in jobs.items():
@@ -254,7 +284,7 @@ def bench_sampling(shape: Shape, reference, ours, device: str, plan: Plan) -> di
             synchronize(device)
             rates[name].append(shape.sample_batch * plan.sample_tokens / (time.perf_counter() - begin))
     results = summarize_rounds(rates)
-    results[compiling]["first_call_s"] = compile_s
+    results["igpt"]["first_call_s"] = first_call_s
     for name in jobs.keys() - {"imagegpt"}:
         same_images = (samples[name] == samples["imagegpt"]).all(dim=1)
         results[name]["token_identical_images"] = f"{int(same_images.sum())}/{shape.sample_batch}"
@@ -314,19 +344,39 @@ def timed(label: str, bench, shape: Shape, *args) -> dict:
     return result
 
 
-def bench_shape(shape: Shape, device: str, plan: Plan, peak_flops: float, compile_ours: bool) -> dict:
+JOBS = ("training", "features", "sampling")
+
+
+def bench_shape(
+    shape: Shape, device: str, plan: Plan, peak_flops: float, compile_ours: bool, jobs: tuple[str, ...] = JOBS
+) -> dict:
+    """The `jobs` at one shape. A job that fails is recorded under its name as {"error": ...} and the next one runs
+    (on a lent GPU, one failure must not cost the other measurements)."""
     reference, ours = build_pair(shape, device)
     flops = model_flops_per_token(shape, ours)
     result = {"shape": asdict(shape), "model_flops_per_token": flops}
-    result["training"] = timed("training", bench_training, shape, reference, ours, device, plan, compile_ours)
-    result["features"] = timed("features", bench_features, shape, reference, ours, device, plan, compile_ours)
-    for job, flops_per_token in (("training", flops), ("features", flops / 3)):
-        for timing in result[job].values():
-            timing["mfu"] = timing["tokens_per_s"] * flops_per_token / peak_flops
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    if shape.sample_batch:
-        result["sampling"] = timed("sampling", bench_sampling, shape, reference, ours, device, plan)
+    benches = {
+        "training": (bench_training, (compile_ours,), flops),
+        "features": (bench_features, (compile_ours,), flops / 3),
+        "sampling": (bench_sampling, (), None),
+    }
+    for job in jobs:
+        bench, extra, flops_per_token = benches[job]
+        if job == "sampling" and not shape.sample_batch:
+            continue
+        try:
+            result[job] = timed(job, bench, shape, reference, ours, device, plan, *extra)
+        except Exception as error:  # noqa: BLE001 - recorded and printed; the other jobs still run
+            result[job] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:500]}
+            print(f"[{shape.name}] {job} failed: {result[job]['error']}", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            continue
+        finally:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        if flops_per_token:
+            for timing in result[job].values():
+                timing["mfu"] = timing["tokens_per_s"] * flops_per_token / peak_flops
     return result
 
 
@@ -339,6 +389,9 @@ def print_shape(result: dict, device_name: str):
         if job not in result:
             continue
         timings = result[job]
+        if "error" in timings:
+            print(f"{job}: failed: {timings['error']}")
+            continue
         baseline = timings["imagegpt"]
         for name in ("imagegpt", "igpt", "igpt_compiled", "igpt_transformers_loop"):
             if name not in timings:
@@ -369,14 +422,16 @@ def run(
     shapes: list[str] | None = None,
     json_path: str | None = None,
     compile_on_cpu: bool = False,
+    jobs: tuple[str, ...] = JOBS,
 ) -> dict:
     """Benchmark `device` ("cpu": L4/d128; "cuda": the paper's S/M/L, or `shapes`); returns the results dict.
 
     Training and features are timed compiled as well on CUDA, or on CPU with `compile_on_cpu`. Results are written to
-    `json_path` (if given) after every shape, so an interrupted run keeps what it measured.
+    `json_path` (if given) after every shape, so an interrupted run keeps what it measured. `jobs`: any of training,
+    features, sampling. On CUDA the full plan is `GPU` (fewer rounds: a lent GPU's minutes are few).
     """
     transformers_logging.set_verbosity_error()
-    plan = QUICK if quick else FULL
+    plan = QUICK if quick else GPU if device == "cuda" else FULL
     selected = [CPU_SHAPE] if device == "cpu" else [GPU_SHAPES[key] for key in (shapes or list(GPU_SHAPES))]
     compile_ours = device == "cuda" or compile_on_cpu
     if device == "cuda":
@@ -391,7 +446,7 @@ def run(
     }
     for shape in selected:
         try:
-            results["shapes"].append(bench_shape(shape, device, plan, peak_flops, compile_ours))
+            results["shapes"].append(bench_shape(shape, device, plan, peak_flops, compile_ours, tuple(jobs)))
         except torch.OutOfMemoryError as error:
             results["shapes"].append({"shape": asdict(shape), "error": f"out of memory: {error}".splitlines()[0]})
             torch.cuda.empty_cache()
@@ -411,6 +466,7 @@ def main():
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--compile", action="store_true", help="on CPU, also time compiled training and features")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--jobs", default=",".join(JOBS), help="comma-separated: training, features, sampling")
     parser.add_argument("--peak-memory-of", choices=["imagegpt", "igpt"], help=argparse.SUPPRESS)
     parser.add_argument("--shape-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -419,7 +475,7 @@ def main():
     if args.peak_memory_of:  # child process of cpu_training_peak_gib
         report_peak_memory(args.peak_memory_of, Shape(**json.loads(args.shape_json)))
         return
-    run(args.quick, args.device, args.shapes.split(","), args.json, args.compile)
+    run(args.quick, args.device, args.shapes.split(","), args.json, args.compile, args.jobs.split(","))
 
 
 if __name__ == "__main__":

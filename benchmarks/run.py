@@ -40,6 +40,7 @@ def main():
     parser.add_argument("--shapes", default="S,M,L", help="GPU model shapes, comma-separated")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--compile", action="store_true", help="on CPU, also time compiled training and features")
+    parser.add_argument("--jobs", default="training,features,sampling", help="model jobs, comma-separated")
     parser.add_argument(
         "--only", default="model,tokenize,palette", help="benchmarks to run, comma-separated: model, tokenize, palette"
     )
@@ -64,7 +65,7 @@ def main():
         results["model"] = {}
         for device in devices[args.device]:
             results["model"][device] = bench_model.run(
-                args.quick, device, args.shapes.split(","), compile_on_cpu=args.compile
+                args.quick, device, args.shapes.split(","), compile_on_cpu=args.compile, jobs=args.jobs.split(",")
             )
             save()
     for name, bench in (("tokenize", bench_tokenize), ("palette", bench_palette)):

@@ -1,18 +1,25 @@
-"""Image decoding on the CPU: a KV cache read only up to its filled length, and a one-token step compiled on first use.
+"""Image decoding: a preallocated KV cache, no per-step work beyond the model, `generate()`'s default for images.
 
-An image's length is known before it is drawn, and on the CPU two costs of transformers' loop remain around the model:
-a cache that grows by concatenation (or, with `cache_implementation="static"`, attention over every preallocated slot
-under a mask), and `generate()`'s own per-step work. `decode_images` replaces both: `IGPTPrefixCache` hands attention
-exactly the filled positions (so one new token needs no mask), the step is compiled once per model with a dynamic
-sequence length, and the loop does only what an image needs — choose the next pixel of every image, write it down, feed
-it back. It plugs into `generate()` through the public `custom_generate` hook; `IGPTForCausalImageModeling.generate`
-picks it by default on the CPU for the requests it serves exactly (`decoder_covers`): greedy or sampling from a prompt
-without padding, stopping at the length. Every other request (other devices, padding, EOS or custom stopping, beams,
-dict outputs, a cache passed in) goes through transformers' loop unchanged.
+An image's length is known before it is drawn, so two costs of transformers' loop can go: a cache that grows by
+concatenation (or, with `cache_implementation="static"`, attention over every preallocated slot under a mask), and
+`generate()`'s own per-step work. `decode_images` replaces both, one way per device:
+
+- CPU: `IGPTPrefixCache` hands attention exactly the filled positions (so one new token needs no mask), and the step
+  is compiled once per model with a dynamic sequence length.
+- CUDA: `CUDAGraphImageDecoder` writes keys and values at a position held in a device tensor (`IGPTGraphCache`), so a
+  captured CUDA graph of the whole step serves every position; attention reads the cache up to the next multiple of
+  `GRAPH_BUCKET` positions under a mask, one graph per bucket, captured on first use and kept for the next call.
+
+The loop does only what an image needs — choose the next pixel of every image, write it down, feed it back. It plugs
+into `generate()` through the public `custom_generate` hook; `IGPTForCausalImageModeling.generate` picks it by default
+for the requests it serves exactly (`decoder_covers`): greedy or sampling from a prompt without padding, stopping at
+the length. Every other request (padding, EOS or custom stopping, beams, dict outputs, a cache passed in, other devices)
+goes through transformers' loop unchanged.
 """
 
 import contextlib
 import copy
+import math
 import weakref
 
 import torch
@@ -94,6 +101,142 @@ def compiled_decode_step(model):
     return _compiled_steps[model]
 
 
+# --- CUDA: one captured graph per bucket of cache lengths -------------------------------------------------------------
+
+GRAPH_BUCKET = 64  # attention reads the cache up to the next multiple of this: one graph per 64 positions
+
+
+class IGPTGraphLayer(StaticLayer):
+    """One layer's keys and values, preallocated as (B, nh, max_cache_len, hs); its cache says where to write them."""
+
+    is_compileable = False
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, positions: torch.Tensor, view_length: int):
+        """Store (B, nh, T, hs) at the T slots `positions` (a device tensor); return the first `view_length` slots."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys.index_copy_(2, positions, key_states)
+        self.values.index_copy_(2, positions, value_states)
+        return self.keys[:, :, :view_length], self.values[:, :, :view_length]
+
+
+class IGPTGraphCache(Cache):
+    """A preallocated KV cache for CUDA graphs: where to write is a device tensor (`positions`), so one captured step
+    serves every position; attention reads `view_length` slots, and the caller's mask hides those not yet written.
+
+    `length` (a Python int) is the number of positions written before the current call, for the model's input checks.
+    """
+
+    def __init__(self, config, max_cache_len: int):
+        super().__init__(layers=[IGPTGraphLayer(max_cache_len) for _ in range(config.num_hidden_layers)])
+        self.max_cache_len = max_cache_len
+        self.length = 0
+        self.positions = None  # (T,) slots the current call writes
+        self.view_length = max_cache_len
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        return self.layers[layer_idx].update(key_states, value_states, self.positions, self.view_length)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.view_length, 0
+
+
+class CUDAGraphImageDecoder:
+    """Decoding for one model, batch and length on CUDA: the cache, the step's static inputs (the fed tokens and their
+    position) and one CUDA graph per bucket of `view_length`, captured on first use.
+
+    A graph reads the model's weights where they were when it was captured: `matches` tells whether it still serves a
+    request (same batch, length, dtype and parameter storage); a model in training mode runs the same step eagerly.
+    """
+
+    def __init__(self, model, batch: int, max_length: int):
+        self.batch, self.max_length = batch, max_length  # no reference to the model: it keys the decoder weakly
+        self.dtype = model.dtype
+        self.storage = parameter_storage(model)
+        self.cache = IGPTGraphCache(model.config, max_cache_len=max_length)
+        self.tokens = torch.zeros((batch, 1), dtype=torch.long, device=model.device)  # (B, 1): the fed tokens
+        self.position = torch.zeros((1, 1), dtype=torch.long, device=model.device)  # their position
+        self.slots = torch.arange(max_length, device=model.device)
+        self.graphs = {}  # view_length -> (graph, its logits)
+
+    def matches(self, model, batch: int, max_length: int) -> bool:
+        same_request = (batch, max_length, model.dtype) == (self.batch, self.max_length, self.dtype)
+        return same_request and parameter_storage(model) == self.storage
+
+    def attention_mask(self, query_positions: torch.Tensor, view_length: int) -> torch.Tensor:
+        """(1, 1, T, view_length) additive mask: query at position p sees slots 0..p (for eager and SDPA alike)."""
+        visible = self.slots[:view_length] <= query_positions.view(-1, 1)  # (T, view_length)
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=visible.device)
+        return mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[None, None]
+
+    def forward(self, model, tokens: torch.Tensor, positions: torch.Tensor, view_length: int) -> torch.Tensor:
+        """Feed `tokens` (B, T) at `positions` (T,); return the next-pixel logits after the last (B, vocab - 1)."""
+        self.cache.positions, self.cache.view_length = positions, view_length
+        mask = self.attention_mask(positions, view_length)
+        output = model(
+            tokens, cache=self.cache, attention_mask=mask, position_ids=positions[None], use_cache=True,
+            logits_to_keep=1,
+        )  # fmt: skip
+        return output.logits[:, -1]
+
+    def prefill(self, model, input_ids: torch.Tensor) -> torch.Tensor:
+        """The prompt (B, T0), eagerly, into slots 0..T0-1."""
+        length = input_ids.shape[1]
+        self.cache.length = 0
+        logits = self.forward(model, input_ids, self.slots[:length], view_length=length)
+        self.cache.length = length
+        return logits
+
+    def step(self, model, next_tokens: torch.Tensor, position: int, use_graphs: bool = True) -> torch.Tensor:
+        """Feed one token per image (B,) at `position`; return the next-pixel logits (B, vocab - 1)."""
+        view_length = min(math.ceil((position + 1) / GRAPH_BUCKET) * GRAPH_BUCKET, self.max_length)
+        self.tokens.copy_(next_tokens[:, None])
+        self.position.fill_(position)
+        self.cache.length = position
+        if not use_graphs:
+            logits = self.forward(model, self.tokens, self.position[0], view_length)
+        else:
+            if view_length not in self.graphs:
+                self.graphs[view_length] = self.capture(model, view_length)
+            graph, logits = self.graphs[view_length]
+            graph.replay()
+        self.cache.length = position + 1
+        return logits
+
+    def capture(self, model, view_length: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Run the step once on a side stream (it writes the same keys and values the replay will), then capture it."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.forward(model, self.tokens, self.position[0], view_length)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self.forward(model, self.tokens, self.position[0], view_length)
+        return graph, logits
+
+
+def parameter_storage(model) -> tuple:
+    """Where every parameter and buffer lives: a captured graph reads these addresses."""
+    return tuple(tensor.data_ptr() for tensor in (*model.parameters(), *model.buffers()))
+
+
+_graph_decoders = weakref.WeakKeyDictionary()  # model -> its last CUDAGraphImageDecoder (cache and graphs)
+
+
+def graph_decoder(model, batch: int, max_length: int) -> CUDAGraphImageDecoder:
+    """The model's decoder for this request: the last one if it matches, else a new one (the old one freed first)."""
+    decoder = _graph_decoders.get(model)
+    if decoder is None or not decoder.matches(model, batch, max_length):
+        _graph_decoders.pop(model, None)
+        del decoder
+        _graph_decoders[model] = CUDAGraphImageDecoder(model, batch, max_length)
+    return _graph_decoders[model]
+
+
 _GENERATE_ARGUMENTS = {  # generate()'s own keywords: neither generation-config fields nor model inputs
     "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model", "streamer",
     "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate", "trust_remote_code", "tokenizer",
@@ -103,8 +246,9 @@ _GENERATE_ARGUMENTS = {  # generate()'s own keywords: neither generation-config 
 
 def decoder_covers(model, inputs, generation_config: GenerationConfig | None, kwargs: dict) -> bool:
     """Whether `model.generate(inputs, generation_config, **kwargs)` is a request `decode_images` serves exactly as
-    transformers' greedy or sampling loop would, on the CPU (where the decoder is the faster of the two).
+    transformers' greedy or sampling loop would, on a device where the decoder is the faster of the two.
 
+    Devices: the CPU, and CUDA with eager or SDPA attention (the graphs' mask is an additive 4-D one).
     Covered: `input_ids` without padding, greedy or multinomial with any logits processors (top-k, top-p, temperature,
     ...), a streamer, stopping at the length. Everything else goes through transformers' loop: other devices, beams and
     assisted decoding, dict outputs, EOS, time or custom stopping criteria, padding, a cache passed in, `inputs_embeds`,
@@ -121,7 +265,10 @@ def decoder_covers(model, inputs, generation_config: GenerationConfig | None, kw
         "synced_gpus", None
     )
     return (
-        model.device.type == "cpu"
+        (
+            model.device.type == "cpu"
+            or (model.device.type == "cuda" and model.config._attn_implementation in ("sdpa", "eager"))
+        )
         and not stopping_criteria
         and not synced_gpus
         and all(value is None for value in generate_arguments.values())
@@ -146,6 +293,39 @@ def default_positions(position_ids: torch.LongTensor | None, length: int) -> boo
     return position_ids is None or bool((position_ids.cpu() == torch.arange(length)).all())
 
 
+def cpu_steps(model, input_ids: torch.LongTensor, max_length: int, compile_step: bool):
+    """The CPU decoder as a coroutine: yields the logits after the prompt, then, for each token sent (B,), the logits
+    after it. The step reads an `IGPTPrefixCache` up to its filled length, compiled with a dynamic length if asked."""
+    # The last token is never fed back, so max_length - 1 slots would do; one more keeps every slice a strict prefix
+    # of the buffer (a slice equal to the whole buffer would be a new case for the compiled step: one more compile).
+    cache = IGPTPrefixCache(model.config, max_cache_len=max_length)
+    next_tokens = yield model(input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    step = compiled_decode_step(model) if compile_step else decode_step
+    compiled_calls = 0
+    with contextlib.ExitStack() as guards:
+        while True:
+            if cache.get_seq_length() < 2:  # lengths 0 and 1 would get a graph of their own: run them eagerly
+                next_tokens = yield decode_step(model, next_tokens[:, None], cache)
+                continue
+            logits = step(model, next_tokens[:, None], cache)
+            compiled_calls += compile_step
+            if compiled_calls == 2:
+                # Two calls checked the guards (model, dtypes, a dynamic length); the rest of this loop passes the same
+                # model, the same cache and one more position each time, so checking them again would only cost time.
+                guards.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+            next_tokens = yield logits
+
+
+def cuda_steps(model, input_ids: torch.LongTensor, max_length: int, use_graphs: bool):
+    """The CUDA decoder as a coroutine (as `cpu_steps`): the prompt eagerly, then one graph replay per token."""
+    decoder = graph_decoder(model, input_ids.shape[0], max_length)
+    position = input_ids.shape[1]
+    next_tokens = yield decoder.prefill(model, input_ids)
+    while True:
+        next_tokens = yield decoder.step(model, next_tokens, position, use_graphs)
+        position += 1
+
+
 def decode_images(
     model,
     input_ids: torch.LongTensor,
@@ -160,8 +340,9 @@ def decode_images(
     A `generate(custom_generate=...)` loop: transformers prepares the request and calls it as it would call `_sample`
     (generate() hands a callable no streamer, so bind one with `functools.partial(decode_images, streamer=...)`).
     Greedy or multinomial, through `logits_processor`, as transformers' loop chooses tokens. The prompt is one eager
-    forward; each later token one call of the step, compiled for requests of `MIN_NEW_TOKENS_TO_COMPILE` new tokens or
-    more unless `disable_compile=True`. A request it does not serve exactly (see `decoder_covers`) is a ValueError.
+    forward. Each later token is one call of the step: on the CPU compiled for requests of `MIN_NEW_TOKENS_TO_COMPILE`
+    new tokens or more, on CUDA a CUDA-graph replay (eager while the model is in training mode); `disable_compile=True`
+    runs the step eagerly on both. A request it does not serve exactly (see `decoder_covers`) is a ValueError.
     """
     check_request(input_ids, stopping_criteria, generation_config, model_kwargs)
     batch, prompt_length = input_ids.shape
@@ -174,15 +355,15 @@ def decode_images(
         )
     sequences = input_ids.new_empty((batch, max_length))
     sequences[:, :prompt_length] = input_ids
-    # The last token is never fed back, so max_length - 1 slots would do; one more keeps every slice a strict prefix
-    # of the buffer (a slice equal to the whole buffer would be a new case for the compiled step: one more compile).
-    cache = IGPTPrefixCache(model.config, max_cache_len=max_length)
-    logits = model(input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, vocab - 1)
-
-    compile_step = not generation_config.disable_compile and max_length - prompt_length >= MIN_NEW_TOKENS_TO_COMPILE
-    step = compiled_decode_step(model) if compile_step else decode_step
-    compiled_calls = 0
-    with contextlib.ExitStack() as guards:
+    new_tokens = max_length - prompt_length
+    if input_ids.device.type == "cuda":
+        use_graphs = not (generation_config.disable_compile or model.training)
+        steps = cuda_steps(model, input_ids, max_length, use_graphs)
+    else:
+        compile_step = not generation_config.disable_compile and new_tokens >= MIN_NEW_TOKENS_TO_COMPILE
+        steps = cpu_steps(model, input_ids, max_length, compile_step)
+    try:
+        logits = next(steps)  # after the prompt: (B, vocab - 1)
         for position in range(prompt_length, max_length):
             scores = logits_processor(sequences[:, :position], logits.float())
             if generation_config.do_sample:
@@ -194,15 +375,9 @@ def decode_images(
                 streamer.put(next_tokens.cpu())
             if position + 1 == max_length:
                 break
-            if cache.get_seq_length() < 2:  # lengths 0 and 1 would get a graph of their own: run them eagerly
-                logits = decode_step(model, next_tokens[:, None], cache)
-                continue
-            logits = step(model, next_tokens[:, None], cache)
-            compiled_calls += compile_step
-            if compiled_calls == 2:
-                # Two calls checked the guards (model, dtypes, a dynamic length); the rest of this loop passes the same
-                # model, the same cache and one more position each time, so checking them again would only cost time.
-                guards.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+            logits = steps.send(next_tokens)
+    finally:
+        steps.close()  # leaves the CPU step's guard stance, whatever happened in this loop
     if streamer is not None:
         streamer.end()
     return sequences

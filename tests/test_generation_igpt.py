@@ -195,3 +195,26 @@ def test_trunk_skips_the_mask_only_for_caches_that_hand_back_exactly_the_filled_
     prefix = IGPTPrefixCache(config, POSITIONS + 1)
     model(image_tokens(1, 5), cache=prefix, use_cache=True)
     assert sees_every_key(prefix, None, 5, 1)
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_cuda_decoder_steps_run_eagerly_decode_token_identically(
+    attn_implementation, monkeypatch, tiny_model, image_tokens
+):
+    """The CUDA decoder without its graphs, here on the CPU: positions written from a device tensor, attention over a
+    bucket of slots under the additive mask. Only graph capture itself is left to tests/test_gpu.py."""
+    monkeypatch.setattr(generation, "GRAPH_BUCKET", 8)  # 36 positions: 5 buckets, the last one shorter
+    model = tiny_model(attn_implementation=attn_implementation)
+    prompt = image_tokens(3, length=5)
+    expected = model.generate(prompt, max_length=POSITIONS + 1, do_sample=False, **TRANSFORMERS_LOOP)
+    sequences = prompt
+    steps = generation.cuda_steps(model, prompt, POSITIONS + 1, use_graphs=False)
+    logits = next(steps)
+    for position in range(prompt.shape[1], POSITIONS + 1):
+        next_tokens = logits.argmax(dim=-1)
+        sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
+        if position < POSITIONS:
+            logits = steps.send(next_tokens)
+    assert torch.equal(sequences, expected)
+    decoder = generation._graph_decoders[model]
+    assert decoder.cache.layers[0].keys.shape[2] == POSITIONS + 1 and not decoder.graphs
