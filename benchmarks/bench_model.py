@@ -93,6 +93,7 @@ def build_pair(shape: Shape, device: str) -> tuple[torch.nn.Module, torch.nn.Mod
     with torch.device(device):
         reference = ImageGPTForCausalImageModeling(config)
         ours = IGPTForCausalImageModeling(imagegpt_to_igpt_config(config))  # SDPA attention by default
+    reference.to(device)  # ImageGPT's layer norms make their weight with torch.Tensor(), which ignores torch.device
     copy_weights(reference, ours)
     return reference, ours
 
