@@ -1,12 +1,12 @@
 """Turn OpenAI's released ImageGPT checkpoints into published IGPT repositories (igpt-s/m/l) with cards.
 
     python -m hub_cards.convert_released SOURCE --repo_id ORG/igpt-s --output_dir DIR [--require_safetensors]
-        [any hub_cards/publish.py option: --dataset_name, --num_samples, --push, --revision, ...]
+        [any hub_cards.publish option: --dataset_name, --num_samples, --push, --revision, ...]
 
 SOURCE is a folder in transformers' ImageGPT layout (config.json, model.safetensors or pytorch_model.bin,
 preprocessor_config.json with the palette), e.g. a download of openai/imagegpt-small, -medium or -large, or that
 repository id itself (downloaded with huggingface_hub). The weights go through modeling_igpt.convert_imagegpt, are
-checked there to give the source model's outputs, and are published as model.safetensors with hub_cards/publish.py.
+checked there to give the source model's outputs, and are published as model.safetensors with hub_cards.publish.
 """
 
 import tempfile

@@ -15,8 +15,8 @@ image-classification pipeline does), a BERT or bare trunk [{"features": [...], "
 `inputs` may also be a PIL image (the endpoint decodes binary image requests into one) or a data URI. Bad requests raise
 a ValueError that names the problem.
 
-The Space app (`hub_cards/space/app.py`) runs the same class through its typed methods (`sample`, `complete`,
-`classify`, `features`). This file imports only the standard library, torch, transformers and PIL, and loads the
+The Space app (`hub_cards/space/app.py`, `python -m hub_cards.space.app`) runs the same class through its typed
+methods (`sample`, `complete`, `classify`, `features`). This file imports only the standard library, torch, transformers and PIL, and loads the
 checkpoint's own code (trust_remote_code=True): an endpoint needs no igpt package.
 """
 
@@ -56,7 +56,7 @@ class EndpointHandler:
             if GENERATION_TASK not in (getattr(config, "custom_pipelines", None) or {}) and not is_registered():
                 raise ValueError(
                     f"{path or 'The checkpoint'} has no {GENERATION_TASK} pipeline (config.json custom_pipelines and "
-                    "pipeline_igpt.py): publish it with hub_cards/publish.py, or import modeling_igpt first"
+                    "pipeline_igpt.py): publish it with python -m hub_cards.publish, or import modeling_igpt first"
                 )
             self.pipeline = pipeline(GENERATION_TASK, model=path, trust_remote_code=True, device=-1)
         elif self.kind == "classifier":

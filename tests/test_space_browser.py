@@ -6,9 +6,12 @@ Needs /usr/bin/chromium and /usr/bin/chromedriver (`apt-get install -y chromium 
 them); without them the browser tests skip, saying so. The callbacks' bad-input checks are also tested without a browser.
 """
 
-import tempfile
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -274,3 +277,22 @@ def test_write_space_writes_a_gradio_space_for_the_model(tmp_path):
         write_space(folder, "org/igpt-s")
     with pytest.raises(ValueError, match="ORG/NAME"):
         write_space(tmp_path / "other", "igpt-s")
+
+
+@pytest.mark.parametrize("where", ["space", "checkout"])
+def test_the_app_starts_without_sys_path_edits(tmp_path, where):
+    """A Space runs `python app.py` with handler.py beside it; the checkout runs `python -m hub_cards.space.app`. Both
+    reach the command line (`--help`, which names the model's sources)."""
+    if where == "space":
+        command, folder = [sys.executable, "app.py", "--help"], write_space(tmp_path / "space", "org/igpt-s")
+    else:
+        command, folder = [sys.executable, "-m", "hub_cards.space.app", "--help"], Path(__file__).resolve().parents[1]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=folder, env={**os.environ, "IGPT_MODEL": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--model" in result.stdout and "space.json" in result.stdout
+
+
+def test_the_app_copied_without_its_handler_says_how_to_run_it(tmp_path):
+    shutil.copy(Path(app.__file__), tmp_path / "app.py")
+    result = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0 and "python -m hub_cards.space.app" in result.stderr

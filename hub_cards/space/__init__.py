@@ -3,10 +3,11 @@
     write_space(folder, "org/igpt-s")   # app.py, handler.py, requirements.txt, README.md (sdk: gradio), space.json
     write_handler(folder)               # handler.py, for a model repository folder (Inference Endpoints)
 
-The app (`app.py`, beside this file) runs on any checkpoint folder or repo id: `python hub_cards/space/app.py --model
-PATH_OR_REPO`. In a Space it reads the model from the `IGPT_MODEL` variable, or from `space.json`, which `write_space`
-writes. It drives the checkpoint through `hub_cards/handler.py`'s `EndpointHandler`, the class Inference Endpoints
-runs, so both deployables load, check and run a checkpoint the same way.
+The app (`app.py`, beside this file) runs on any checkpoint folder or repo id:
+`python -m hub_cards.space.app --model PATH_OR_REPO` from the checkout's root. In a Space it reads the model from the
+`IGPT_MODEL` variable, or from `space.json`, which `write_space` writes. It drives the checkpoint through
+`hub_cards/handler.py`'s `EndpointHandler`, the class Inference Endpoints runs, so both deployables load, check and run
+a checkpoint the same way.
 """
 
 import json

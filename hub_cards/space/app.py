@@ -1,6 +1,7 @@
 """Image GPT in the browser: a Gradio app for one checkpoint, as a Hugging Face Space or locally.
 
-    python hub_cards/space/app.py --model PATH_OR_REPO [--revision COMMIT] [--port 7860]
+    python -m hub_cards.space.app --model PATH_OR_REPO [--revision COMMIT] [--port 7860]   # from the checkout's root
+    python app.py --model PATH_OR_REPO                                                    # in a Space folder
 
 In a Space (written by `hub_cards.space.write_space`) the model comes from the `IGPT_MODEL` variable (and
 `IGPT_REVISION`), else from `space.json` beside this file. The tabs follow the checkpoint:
@@ -20,7 +21,6 @@ import contextlib
 import functools
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +33,13 @@ from transformers.generation import BaseStreamer
 
 
 HERE = Path(__file__).resolve().parent
-if not (HERE / "handler.py").is_file():  # a Space has handler.py beside app.py; this repository has hub_cards/handler.py
-    sys.path.insert(0, str(HERE.parent))
-from handler import MAX_IMAGES, EndpointHandler, read_image  # noqa: E402
+if __package__:  # the checkout: `python -m hub_cards.space.app`, or imported as hub_cards.space.app
+    from ..handler import MAX_IMAGES, EndpointHandler, read_image
+elif (HERE / "handler.py").is_file():  # a Space: write_space ships handler.py beside app.py, which runs as a script
+    from handler import MAX_IMAGES, EndpointHandler, read_image
+else:
+    raise SystemExit(f"{HERE / 'handler.py'} is missing: in the checkout, run `python -m hub_cards.space.app` from its "
+                     "root")
 
 
 DISPLAY_SIZE = 160  # pixels a side for the model's small pictures (nearest-neighbour upscaling keeps them sharp)
