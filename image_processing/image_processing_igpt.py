@@ -203,20 +203,6 @@ def resize_rgb(image: np.ndarray, height: int, width: int, resample, center_crop
 # Quantization: exact nearest cluster per pixel
 
 
-def pixel_levels(do_rescale, rescale_factor, do_normalize, image_mean, image_std) -> np.ndarray:
-    """(3, 256) float32: the processed value of each 8-bit level per channel, with transformers' exact arithmetic
-    (`rescale` in float64 then float32, `normalize` in float32)."""
-    levels = np.tile(np.arange(256, dtype=np.float64), (3, 1))  # (3, 256)
-    if do_rescale:
-        levels = (levels * rescale_factor).astype(np.float32)
-    levels = levels.astype(np.float32)
-    if do_normalize:
-        mean = np.broadcast_to(np.asarray(image_mean, dtype=np.float32), (3,))
-        std = np.broadcast_to(np.asarray(image_std, dtype=np.float32), (3,))
-        levels = (levels - mean[:, None]) / std[:, None]
-    return levels
-
-
 def nearest_cluster(pixels: np.ndarray, clusters: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """(N, 3) processed pixels, (K, 3) clusters -> (N,) int64 index of the nearest cluster.
 
@@ -444,7 +430,7 @@ class IGPTImageProcessor(PilBackend):
 
     def _validate_preprocess_kwargs(self, do_center_crop=None, crop_size=None, **kwargs):
         # transformers checks `do_center_crop` against `crop_size` before any public hook runs, and has no public way
-        # to say that this processor crops to `size` (its gemma4 and kimi_k25 processors override this method too).
+        # to say that this processor crops to `size` (its glpn, gemma4 and kimi_k25 processors override this too).
         super()._validate_preprocess_kwargs(**kwargs)
         size = kwargs.get("size")
         if kwargs.get("do_resize") and not (size.height and size.width):
@@ -472,7 +458,7 @@ class IGPTImageProcessor(PilBackend):
         if len({image.shape for image in images}) > 1:
             raise ValueError("Images of different sizes cannot be batched: set do_resize=True.")
         batch = np.stack(images)  # (B, H, W, 3) uint8
-        levels = pixel_levels(do_rescale, rescale_factor, do_normalize, image_mean, image_std)  # (3, 256)
+        levels = self.pixel_levels(do_rescale, rescale_factor, do_normalize, image_mean, image_std)  # (3, 256)
         if not do_color_quantize:
             pixel_values = levels[np.arange(3), batch].transpose(0, 3, 1, 2)  # (B, 3, H, W) float32
             return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
@@ -482,9 +468,20 @@ class IGPTImageProcessor(PilBackend):
         input_ids = quantize(batch, levels, clusters).reshape(len(batch), -1)  # (B, H*W) raster order
         return BatchFeature(data={"input_ids": input_ids}, tensor_type=return_tensors)
 
+    def pixel_levels(self, do_rescale, rescale_factor, do_normalize, image_mean, image_std) -> np.ndarray:
+        """(3, 256) float32: the processed value of each 8-bit level per channel, by transformers' own `rescale` and
+        `normalize`, so that looking pixels up in it gives what those give on the whole image."""
+        levels = np.tile(np.arange(256, dtype=np.uint8), (3, 1, 1))  # (3, 1, 256): a channels-first image
+        if do_rescale:
+            levels = self.rescale(levels, rescale_factor)
+        if do_normalize:
+            levels = self.normalize(levels, image_mean, image_std)
+        return levels[:, 0].astype(np.float32)
+
     def processed_levels(self) -> np.ndarray:
         """(3, 256) float32: what this processor turns each 8-bit level of each channel into."""
-        return pixel_levels(self.do_rescale, self.rescale_factor, self.do_normalize, self.image_mean, self.image_std)
+        settings = (self.do_rescale, self.rescale_factor, self.do_normalize, self.image_mean, self.image_std)
+        return self.pixel_levels(*settings)
 
     def _check_clusters(self, clusters) -> np.ndarray | None:
         levels = self.processed_levels()
