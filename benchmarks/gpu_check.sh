@@ -4,8 +4,10 @@
 #      network; igpt needs transformers >= 5.24): `pip download --no-deps ... -d .whl transformers==5.24.0` beforehand;
 #   2. tests/test_gpu.py (CUDA-graph decoding, transformers' compiled static cache, compiled training, bf16 + fused AdamW);
 #   3. the model benchmark against transformers' ImageGPT: training at S and L, sampling at S; each part in its own
-#      process under its own time limit, each writing its own JSON, so one failure or overrun costs only itself.
-# Writes everything under $OUT (default /tmp/gpu_check): machine.json, tests.log, bench_*.json, bench_*.log (8 files).
+#      process under its own time limit, each writing its own JSON, so one failure or overrun costs only itself;
+#   4. benchmarks/profile_decode.py: where a decode step's time goes, and training S under each SDPA backend.
+# Writes under $OUT (default /tmp/gpu_check): machine.json, bench_*.json and gpu_check.log (every step's output).
+# Measured on one H200: about 3.5 minutes for steps 1-3 (docs/performance.md).
 #
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine
 #   bash benchmarks/gpu_check.sh --device cpu     # rehearsal on a CPU: same steps, tiny sizes (--quick), no GPU tests' graphs
@@ -41,13 +43,14 @@ print(json.dumps(info, indent=2))
 open(sys.argv[1], "w").write(json.dumps(info, indent=2))
 PY
 
-step() {  # step NAME SECONDS COMMAND...: run under a time limit, log to $OUT/NAME.log, report the exit status
+step() {  # step NAME SECONDS COMMAND...: run under a time limit, append its output to $OUT/gpu_check.log
     local name=$1 limit=$2; shift 2
     local begin=$SECONDS
-    timeout --signal=INT --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    timeout --signal=INT --kill-after=15 "$limit" "$@" > "$OUT/step.log" 2>&1
     local status=$?
+    { echo "== $name: exit $status in $((SECONDS - begin)) s (limit $limit s)"; cat "$OUT/step.log"; } >> "$OUT/gpu_check.log"
+    rm "$OUT/step.log"
     echo "== $name: exit $status in $((SECONDS - begin)) s (limit $limit s)"
-    tail -n 25 "$OUT/$name.log"
 }
 
 if [ "$DEVICE" = cuda ]; then
@@ -62,4 +65,8 @@ for shape in "${SHAPES_TRAIN[@]}"; do
 done
 step "bench_sample_$SHAPE_SAMPLE" "${SAMPLE_LIMIT:-140}" $PYTHON benchmarks/bench_model.py --device "$DEVICE" \
     "${SIZE[@]}" --shapes "$SHAPE_SAMPLE" --jobs sampling --json "$OUT/bench_sample_$SHAPE_SAMPLE.json"
+if [ "$DEVICE" = cuda ]; then
+    step profile_decode "${PROFILE_LIMIT:-150}" $PYTHON benchmarks/profile_decode.py --train
+fi
+grep -v "^\s*File \|^\s*\^\|~~~" "$OUT/gpu_check.log" | tail -c 11000
 echo "== done; files in $OUT"

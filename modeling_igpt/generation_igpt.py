@@ -317,13 +317,33 @@ def cpu_steps(model, input_ids: torch.LongTensor, max_length: int, compile_step:
 
 
 def cuda_steps(model, input_ids: torch.LongTensor, max_length: int, use_graphs: bool):
-    """The CUDA decoder as a coroutine (as `cpu_steps`): the prompt eagerly, then one graph replay per token."""
+    """The CUDA decoder as a coroutine (as `cpu_steps`): the prompt eagerly, then one graph replay per token, the steps
+    under the model's eager attention (`eager_attention`)."""
     decoder = graph_decoder(model, input_ids.shape[0], max_length)
     position = input_ids.shape[1]
     next_tokens = yield decoder.prefill(model, input_ids)
-    while True:
-        next_tokens = yield decoder.step(model, next_tokens, position, use_graphs)
-        position += 1
+    with eager_attention(model):
+        while True:
+            next_tokens = yield decoder.step(model, next_tokens, position, use_graphs)
+            position += 1
+
+
+@contextlib.contextmanager
+def eager_attention(model):
+    """Run one-token steps with the model's eager attention (a (B, nh, 1, hs) x (B, nh, hs, S) product, softmax, a
+    second product), then switch back. SDPA's fused kernels work on tiles of 32-64 queries, so a single query per image
+    wastes most of their work, and with fp32 weights there are no tensor cores to hide it: with SDPA an H200 took 7 ms
+    a step for 64 images of a 24-layer d=512 model (docs/performance.md; the eager steps are still to be measured).
+    Graphs captured here keep the eager kernels."""
+    implementation = model.config._attn_implementation
+    if implementation == "eager":
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(implementation)
 
 
 def decode_images(
