@@ -126,8 +126,9 @@ def eval_results(kind: str, metrics: dict, dataset: dict) -> list[EvalResult]:
     return results
 
 
-def build_card(model, processor, repo_id: str, kind: str, metrics: dict, images: dict, options) -> ModelCard:
-    """The README.md of the repository. `images` is what `gallery.write_images` wrote; `options` the publish options."""
+def build_card(model, tokenizer, repo_id: str, kind: str, metrics: dict, images: dict, options) -> ModelCard:
+    """The README.md of the repository. `tokenizer` is the checkpoint's ImageTokenizer (palette colours or VQ-VAE
+    codes); `images` what `gallery.write_images` wrote; `options` the publish options."""
     config = model.config
     dataset = {"name": options.dataset_name, "config": options.dataset_config}
     pipeline_tag = {"autoregressive": GENERATION_TASK, "bert": "image-feature-extraction", "classifier": "image-classification"}[kind]
@@ -153,7 +154,8 @@ def build_card(model, processor, repo_id: str, kind: str, metrics: dict, images:
         eval_results=eval_results(kind, metrics, dataset) or None,
         widget=widget,
     )
-    height, width = processor.size.height, processor.size.width
+    height, width = tokenizer.grid_size  # the token grid: the image's pixels, or its VQ-VAE codes
+    image_size = tokenizer.processor.size
     return ModelCard.from_template(
         card_data,
         template_path=TEMPLATES / ("classifier.md" if kind == "classifier" else "generative.md"),
@@ -168,9 +170,12 @@ def build_card(model, processor, repo_id: str, kind: str, metrics: dict, images:
         size_name=size_name(config),
         num_parameters=f"{model.num_parameters():,}",
         config=config,
-        n_clusters=processor.n_clusters,
+        n_clusters=tokenizer.num_tokens,
+        vqvae=tokenizer.vqvae.config if tokenizer.vqvae is not None else None,
         height=height,
         width=width,
+        image_height=image_size.height,
+        image_width=image_size.width,
         metrics=metrics,
         hyperparameters=read_training_state(options.checkpoint),
         labels=[config.id2label[index] for index in sorted(config.id2label)] if kind == "classifier" else [],

@@ -7,7 +7,8 @@ from transformers import AutoModelForMaskedImageModeling
 
 import modeling_igpt
 from image_processing import IGPTImageProcessor
-from modeling_igpt.compatibility import check_model_fits_tokenizer
+from modeling_igpt import ImageTokenizer, check_model_fits_tokenizer
+from modeling_igpt.image_tokenizer import VQVAE_FOLDER, load_vqvae
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -40,19 +41,33 @@ def check_checkpoint(folder: Path):
 
 
 def load_checkpoint(folder: Path):
-    """(model, processor) from a checkpoint folder, with the package's classes."""
+    """(model, processor) from a checkpoint folder, with the package's classes, checked to fit each other (with the
+    VQ-VAE in `vqvae/` for a prior on VQ-VAE codes: `load_tokenizer`)."""
     check_checkpoint(folder)
     config = AutoConfig.from_pretrained(folder)
     if config.model_type != "igpt":
-        raise ValueError(f"{folder} holds a {config.model_type!r} model; convert ImageGPT with hub_cards/convert_released.py")
-    processor = IGPTImageProcessor.from_pretrained(folder)
-    check_model_fits_tokenizer(config, processor, model_source=folder / "config.json",
+        raise ValueError(
+            f"{folder} holds a {config.model_type!r} model; convert ImageGPT with python -m hub_cards.convert_released"
+        )
+    processor, vqvae = IGPTImageProcessor.from_pretrained(folder), load_vqvae(folder)
+    check_model_fits_tokenizer(config, processor, vqvae, model_source=folder / "config.json",
                                processor_source=folder / "preprocessor_config.json")
     architecture = (config.architectures or ["IGPTModel"])[0]
     if architecture not in AUTO_CLASSES:
         raise ValueError(f"Unsupported architecture {architecture!r}; expected one of {sorted(AUTO_CLASSES)}")
+    if vqvae is not None and architecture != "IGPTForCausalImageModeling":
+        raise ValueError(
+            f"{folder} is an {architecture} on the codes of the VQ-VAE in {VQVAE_FOLDER}/: only "
+            "autoregressive priors on VQ-VAE codes (IGPTForCausalImageModeling) are published, with the generation "
+            "pipeline that decodes their samples"
+        )
     model = getattr(modeling_igpt, architecture).from_pretrained(folder).eval()
     return model, processor
+
+
+def load_tokenizer(folder: Path, processor) -> ImageTokenizer:
+    """The checkpoint's ImageTokenizer: `processor`, plus the VQ-VAE in `vqvae/` for a prior on VQ-VAE codes."""
+    return ImageTokenizer(processor, load_vqvae(folder), source=folder)
 
 
 def model_kind(model) -> str:

@@ -1,5 +1,8 @@
 """The card's pictures, written to the repository's images/ folder: palette, samples, completions, what the model
-sees, the probe plot of the probe run, and the widget's example inputs."""
+sees, the probe plot of the probe run, and the widget's example inputs.
+
+Images and tokens go through the checkpoint's `ImageTokenizer` (palette colours, or a VQ-VAE's codes): what the model
+sees is the photo mapped to the palette, or the VQ-VAE's reconstruction of it from its codes."""
 
 import shutil
 from pathlib import Path
@@ -35,23 +38,32 @@ def save_samples(pipe, path: Path, num_samples: int, seed: int):
 
 
 def save_completions(pipe, path: Path, photos: dict[str, np.ndarray], per_image: int, seed: int):
-    """One row per photo: the quantized photo, the prompt the pipeline keeps of it, then `per_image` completions."""
-    processor = pipe.image_processor
+    """One row per photo: what the model sees of it, the prompt the pipeline keeps of that, then `per_image`
+    completions."""
+    tokenizer = pipe.image_tokenizer
+    grid_height, grid_width = tokenizer.grid_size
     rows = []
     for index, photo in enumerate(photos.values()):
-        original = processor.decode(processor(photo, return_tensors="pt")["input_ids"], output_type="np")[0]  # (H, W, 3)
+        original = np.asarray(tokenizer.decode(tokenizer([photo]))[0])  # (H, W, 3)
         kept = pipe.preprocess(photo, prompt_fraction=PROMPT_FRACTION)["input_ids"].shape[1] - 1  # after the start token
-        prompt = original.reshape(-1, 3).copy()  # (H*W, 3) raster order, as the tokens
-        prompt[kept:] = PROMPT_GRAY
+        kept_rows = kept // grid_width * original.shape[0] // grid_height  # pixel rows of the kept token rows
+        prompt = original.copy()
+        prompt[kept_rows:] = PROMPT_GRAY
         completions = pipe(photo, num_images=per_image, prompt_fraction=PROMPT_FRACTION, seed=seed + index)
-        rows += [PIL.Image.fromarray(original), PIL.Image.fromarray(prompt.reshape(original.shape)), *completions]
-    processor.decode_grid(rows, nrow=per_image + 2).save(path)
+        rows += [PIL.Image.fromarray(original), PIL.Image.fromarray(prompt), *completions]
+    pipe.image_processor.decode_grid(rows, nrow=per_image + 2).save(path)
 
 
-def save_quantized(processor, path: Path, photos: dict[str, np.ndarray]):
-    """What the model sees: each photo resized and mapped to its palette."""
-    ids = processor(list(photos.values()), return_tensors="pt")["input_ids"]
-    processor.decode_grid(ids, nrow=len(photos)).save(path)
+def save_model_view(tokenizer, path: Path, photos: dict[str, np.ndarray]):
+    """What the model sees: each photo resized and mapped to its palette, or rebuilt from its VQ-VAE codes."""
+    tokenizer.decode_grid(tokenizer(list(photos.values())), nrow=len(photos)).save(path)
+
+
+def model_view_caption(tokenizer) -> str:
+    if tokenizer.vqvae is None:
+        return f"what the model sees: {tokenizer.num_tokens}-colour palette"
+    height, width = tokenizer.grid_size
+    return f"what the model sees: the VQ-VAE's reconstruction from {height}x{width} of its {tokenizer.num_tokens} codes"
 
 
 def save_widget_images(folder: Path, photos: dict[str, np.ndarray]) -> list[str]:
@@ -64,15 +76,19 @@ def save_widget_images(folder: Path, photos: dict[str, np.ndarray]) -> list[str]
     return names
 
 
-def write_images(images_dir: Path, kind: str, processor, pipe, probe: dict, options) -> dict:
-    """Fill `images_dir`; returns what the card shows: {palette, gallery: [(file, caption)], widget, probe_plot}.
+def write_images(images_dir: Path, kind: str, tokenizer, pipe, probe: dict, options) -> dict:
+    """Fill `images_dir`; returns what the card shows: {palette (None for VQ-VAE codes), gallery: [(file, caption)],
+    widget, probe_plot}.
 
-    `pipe` is the generation pipeline of an autoregressive model (None otherwise); `probe` the probe metrics
-    (`card.read_metrics`); `options` the publish options (gallery, num_samples, num_completions, seed).
+    `tokenizer` is the checkpoint's ImageTokenizer; `pipe` the generation pipeline of an autoregressive model (None
+    otherwise); `probe` the probe metrics (`card.read_metrics`); `options` the publish options (gallery, num_samples,
+    num_completions, seed).
     """
     images_dir.mkdir()
-    images = {"gallery": [], "widget": [], "palette": "palette.png", "probe_plot": None}
-    save_palette(processor, images_dir / "palette.png")
+    images = {"gallery": [], "widget": [], "palette": None, "probe_plot": None}
+    if tokenizer.vqvae is None:
+        save_palette(tokenizer.processor, images_dir / "palette.png")
+        images["palette"] = "palette.png"
     photos = example_images()
     for path in map(Path, options.gallery):
         shutil.copyfile(path, images_dir / path.name)
@@ -82,8 +98,8 @@ def write_images(images_dir: Path, kind: str, processor, pipe, probe: dict, opti
         save_completions(pipe, images_dir / "completions.png", photos, options.num_completions, options.seed)
         images["gallery"] += [("samples.png", "unconditional samples"), ("completions.png", "top halves completed")]
     if kind != "classifier":
-        save_quantized(processor, images_dir / "inputs.png", photos)
-        images["gallery"].append(("inputs.png", f"what the model sees: {processor.n_clusters}-colour palette"))
+        save_model_view(tokenizer, images_dir / "inputs.png", photos)
+        images["gallery"].append(("inputs.png", model_view_caption(tokenizer)))
     else:
         images["widget"] = save_widget_images(images_dir, photos)
     if probe.get("plot"):  # drawn by the probe run (examples/run_linear_probe.py), shown as it is

@@ -17,8 +17,9 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoImageProcessor
 
-from modeling_igpt.compatibility import check_model_fits_tokenizer
+from modeling_igpt import ImageTokenizer
 from modeling_igpt.configuration_igpt import AUTO_MAP
+from modeling_igpt.image_tokenizer import VQVAE_FOLDER, load_vqvae
 from modeling_igpt.pipeline_igpt import TASK as GENERATION_TASK
 
 from .checkpoint import AUTO_CLASSES, PICKLE_SUFFIXES, model_kind
@@ -66,19 +67,31 @@ def check_files(output_dir: Path, model):
     for reference in code_refs:
         if not (output_dir / f"{reference.split('.')[0]}.py").is_file():
             problems.append(f"{reference} has no code file")
+    if (output_dir / VQVAE_FOLDER).is_dir():
+        problems += vqvae_problems(output_dir / VQVAE_FOLDER)
     if problems:
         raise ValueError(f"{output_dir} is not a complete repository: " + "; ".join(problems))
 
 
+def vqvae_problems(folder: Path) -> list[str]:
+    """What the VQ-VAE folder of a prior on codes lacks: its config, safetensors weights, the code its auto_map names."""
+    if not (folder / "config.json").is_file():
+        return [f"{VQVAE_FOLDER}/ has no config.json"]
+    problems = [] if (folder / "model.safetensors").is_file() else [f"{VQVAE_FOLDER}/ has no model.safetensors"]
+    for reference in json.loads((folder / "config.json").read_text()).get("auto_map", {}).values():
+        if not (folder / f"{reference.split('.')[0]}.py").is_file():
+            problems.append(f"{VQVAE_FOLDER}/: {reference} has no code file")
+    return problems
+
+
 def check_reload(output_dir: Path, model):
-    """The folder gives the model's outputs through the Auto classes, and its processor fits its model."""
+    """The folder gives the model's outputs through the Auto classes, and its tokenizer (processor, and VQ-VAE for a
+    prior on codes) fits its model."""
     inputs = reference_inputs(model.config)
     reloaded = AUTO_CLASSES[type(model).__name__].from_pretrained(output_dir).eval()
     if not torch.equal(model_outputs(reloaded, inputs), model_outputs(model, inputs)):
         raise ValueError(f"{output_dir} does not reproduce the checkpoint's outputs")
-    check_model_fits_tokenizer(reloaded.config, AutoImageProcessor.from_pretrained(output_dir),
-                               model_source=output_dir / "config.json",
-                               processor_source=output_dir / "preprocessor_config.json")
+    ImageTokenizer.from_pretrained(output_dir).check_fits(reloaded.config, model_source=output_dir / "config.json")
 
 
 def check_card(output_dir: Path) -> ModelCard:
@@ -135,7 +148,8 @@ def run_python(script: str, *args: str, hf_home: Path, without_package: bool = T
         )
 
 
-CHECK_SCRIPT = """
+CHECK_SCRIPT = f"""
+import os
 import sys
 import numpy as np
 import torch
@@ -144,10 +158,19 @@ import transformers
 folder, auto_class, expected_path = sys.argv[1:]
 model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True).eval()
 processor = transformers.AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-for loaded in (model, processor):
-    assert type(loaded).__module__.startswith("transformers_modules"), type(loaded).__module__
+loaded = [model, processor]
 expected = torch.load(expected_path, weights_only=True)
-input_ids = processor(expected["image"].numpy(), return_tensors="pt")["input_ids"]
+image = expected["image"].numpy()
+if os.path.isdir(os.path.join(folder, {VQVAE_FOLDER!r})):  # a prior on VQ-VAE codes: tokens through its pipeline
+    tokenizer = transformers.pipeline({GENERATION_TASK!r}, model=folder, trust_remote_code=True).image_tokenizer
+    loaded.append(tokenizer.vqvae)
+    input_ids = tokenizer([image])
+    decoded = np.stack([np.asarray(picture) for picture in tokenizer.decode(input_ids)])
+    assert np.array_equal(decoded, expected["decoded"].numpy()), "the repository's VQ-VAE decodes other pictures"
+else:
+    input_ids = processor(image, return_tensors="pt")["input_ids"]
+for module in loaded:
+    assert type(module).__module__.startswith("transformers_modules"), type(module).__module__
 assert torch.equal(input_ids, expected["input_ids"]), "the repository's processor gives other tokens"
 with torch.no_grad():
     outputs = model(**expected["inputs"])
@@ -157,18 +180,25 @@ print("loads without the package")
 """
 
 
-def check_loads_without_package(output_dir: Path, model, processor=None):
+def check_loads_without_package(output_dir: Path, model, processor=None, vqvae=None):
     """Load the folder with trust_remote_code=True in a Python where this package cannot be imported: the model must
-    give the same outputs and the processor (by default the folder's own, as saved) the same tokens."""
+    give the same outputs and the processor (by default the folder's own, as saved) the same tokens; for a prior on
+    VQ-VAE codes, the pipeline's tokenizer the same codes and its VQ-VAE (by default the folder's own) the same
+    decoded pictures."""
     output_dir = Path(output_dir).resolve()
     processor = processor or AutoImageProcessor.from_pretrained(output_dir)
+    tokenizer = ImageTokenizer(processor, vqvae or load_vqvae(output_dir))
     image, inputs = reference_image(), reference_inputs(model.config)
+    input_ids = tokenizer([image])  # (1, N) colours or VQ-VAE codes
     expected = {
         "image": torch.from_numpy(image),
-        "input_ids": processor(image, return_tensors="pt")["input_ids"],
+        "input_ids": input_ids,
         "inputs": inputs,
         "outputs": model_outputs(model, inputs),
     }
+    if tokenizer.vqvae is not None:
+        pictures = [np.asarray(picture) for picture in tokenizer.decode(input_ids)]
+        expected["decoded"] = torch.from_numpy(np.stack(pictures))  # (1, H, W, 3) uint8
     with tempfile.TemporaryDirectory() as scratch:
         torch.save(expected, Path(scratch) / "expected.pt")
         auto_class = AUTO_CLASSES[type(model).__name__].__name__

@@ -12,6 +12,8 @@ from transformers import (
     AutoModelForMaskedImageModeling,
 )
 
+import image_processing  # noqa: F401  registers IGPTImageProcessor with AutoImageProcessor
+
 from .compatibility import check_model_fits_tokenizer
 from .configuration_igpt import IGPTConfig
 from .configuration_vqvae import IGPTVQVAEConfig

@@ -1,11 +1,15 @@
 """Images <-> the token ids an Image GPT prior reads: palette colours (the paper at 32x32 / 48x48) or VQ-VAE codes
 (96x96 / 192x192 inputs, 48x48 codes).
 
-    images -> IGPTImageProcessor -> nearest palette colours, or pixel_values -> IGPTVQVAEModel.encode -> ids (B, N)
+    images -> IGPT image processor -> nearest palette colours, or pixel_values -> IGPTVQVAEModel.encode -> ids (B, N)
     ids (B, N) -> palette colours, or IGPTVQVAEModel.decode -> PIL images
 
 `tokenize_transform` turns an image dataset into `pixel_ids` with `datasets.Dataset.with_transform`, with the paper's
 random pad-crop-flip augmentation for training splits.
+
+This file is copied to the Hub next to the generation pipeline, so it imports only torch, transformers, PIL and its
+siblings `compatibility.py` and `modeling_vqvae.py`. The image processor is read by its methods (`__call__`, `decode`,
+`decode_grid`, `n_clusters`, `size`), never by its class.
 """
 
 import os
@@ -13,8 +17,7 @@ import os
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-from image_processing import IGPTImageProcessor, make_image_grid
+from transformers import AutoImageProcessor
 
 from .compatibility import check_model_fits_tokenizer, tokenizer_grid, tokenizer_num_tokens
 from .modeling_vqvae import IGPTVQVAEModel
@@ -31,7 +34,7 @@ class ImageTokenizer:
     N is the latent grid (48x48), with the codebook as vocabulary.
     """
 
-    def __init__(self, processor: IGPTImageProcessor, vqvae=None, source: str | None = None):
+    def __init__(self, processor, vqvae: IGPTVQVAEModel | None = None, source: str | None = None):
         if vqvae is None and processor.n_clusters is None:
             raise ValueError("The image processor has no palette: fit one (image_processing.fit_palette) or pass a VQ-VAE.")
         self.processor = processor
@@ -39,13 +42,11 @@ class ImageTokenizer:
         self.source = source  # the folder it was loaded from, named in errors
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "ImageTokenizer":
-        """The processor saved in `path`, plus the VQ-VAE in `path/vqvae` when the model was trained on codes."""
-        processor = IGPTImageProcessor.from_pretrained(path)
-        vqvae = None
-        if os.path.isdir(os.path.join(path, VQVAE_FOLDER)):
-            vqvae = IGPTVQVAEModel.from_pretrained(os.path.join(path, VQVAE_FOLDER))
-        return cls(processor, vqvae, source=path)
+    def from_pretrained(cls, path: str, **kwargs) -> "ImageTokenizer":
+        """The processor saved in the folder `path`, plus the VQ-VAE in `path/vqvae` when the model was trained on
+        codes. `kwargs` go to `AutoImageProcessor.from_pretrained` (e.g. trust_remote_code=True without the package)."""
+        processor = AutoImageProcessor.from_pretrained(path, **kwargs)
+        return cls(processor, load_vqvae(path), source=path)
 
     def check_fits(self, config, model_source: str | None = None):
         """ValueError naming both sources unless the model `config` reads this tokenizer's ids (the package's one rule:
@@ -97,7 +98,13 @@ class ImageTokenizer:
         return [Image.fromarray(image.permute(1, 2, 0).cpu().numpy()) for image in pixels]
 
     def decode_grid(self, token_ids: torch.LongTensor, nrow: int = 8) -> Image.Image:
-        return make_image_grid(self.decode(token_ids), nrow=nrow)
+        return self.processor.decode_grid(self.decode(token_ids), nrow=nrow)
+
+
+def load_vqvae(path: str) -> IGPTVQVAEModel | None:
+    """The VQ-VAE a prior on codes keeps in the folder `path/vqvae`; None for a model on palette colours."""
+    folder = os.path.join(path, VQVAE_FOLDER)
+    return IGPTVQVAEModel.from_pretrained(folder) if os.path.isdir(folder) else None
 
 
 def tokenize_transform(

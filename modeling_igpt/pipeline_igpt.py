@@ -7,17 +7,25 @@ transformers has no pipeline for unconditional image generation. This one is reg
     samples = pipe(num_images=8, top_k=64)  # 8 PIL images drawn from the start token
     completions = pipe(image, num_images=4)  # image (PIL, array, path or URL): top half kept, bottom half sampled 4 times
 
-This file is copied to the Hub next to the model, so it imports only torch, transformers and its sibling
-`compatibility.py` (the model-tokenizer rule). It reads the image processor by its methods (`__call__`, `decode`,
-`n_clusters`, `start_token_id`, `size`), never by its class.
+Images and tokens go through `ImageTokenizer`: palette colours, or the codes of a VQ-VAE for a prior on VQ-VAE codes
+(the VQ-VAE's decoder turns sampled codes into pictures). The VQ-VAE is the `vqvae/` folder of the model's folder
+(`save_pretrained` writes it there), or `vqvae=` (a model or a folder). For a Hub repository, load the pipeline from a
+local snapshot (`huggingface_hub.snapshot_download(repo, revision=COMMIT)`), so that the prior, its VQ-VAE and their
+code come from one commit.
+
+This file is copied to the Hub next to the model, so it imports only torch, transformers and its siblings
+`image_tokenizer.py`, `compatibility.py` and `modeling_vqvae.py`.
 """
+
+import os
 
 import torch
 from transformers import AutoModelForCausalLM, Pipeline
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .compatibility import check_model_fits_tokenizer
+from .image_tokenizer import VQVAE_FOLDER, ImageTokenizer, load_vqvae
+from .modeling_vqvae import IGPTVQVAEModel
 
 
 TASK = "unconditional-image-generation"
@@ -41,6 +49,10 @@ class IGPTImageGenerationPipeline(Pipeline):
     Call with no image for unconditional samples (a list of `num_images` PIL images), with one image for its
     completions (a list of `num_images` PIL images), or with a list of images (a list of such lists).
 
+    Args (at construction):
+        vqvae: for a prior on VQ-VAE codes, its IGPTVQVAEModel or the folder holding it (default: the `vqvae/` folder
+            of the model's folder).
+
     Args (per call or at construction):
         num_images: samples per call, or completions per given image (default 1).
         prompt_fraction: share of the image's rows kept as the prompt when completing (default 0.5, the top half).
@@ -55,24 +67,47 @@ class IGPTImageGenerationPipeline(Pipeline):
     _load_processor = False
     _load_video_processor = False  # else pipeline() probes for one and asks on a terminal about the folder's code
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, vqvae: IGPTVQVAEModel | str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._check_model_and_processor()
-
-    def _check_model_and_processor(self):
         config, processor = self.model.config, self.image_processor
         if getattr(config, "objective", "autoregressive") != "autoregressive":
             raise ValueError(f"{TASK} needs an autoregressive checkpoint; this one has objective={config.objective!r}")
         if processor is None or not hasattr(processor, "decode"):
             raise ValueError(
-                f"{TASK} needs the checkpoint's IGPT image processor (preprocessor_config.json with the palette) to "
-                f"turn pixels into tokens and back; got {type(processor).__name__}"
+                f"{TASK} needs the checkpoint's IGPT image processor (preprocessor_config.json) to turn pixels into "
+                f"tokens and back; got {type(processor).__name__}"
             )
-        check_model_fits_tokenizer(config, processor)
+        if isinstance(vqvae, (str, os.PathLike)):
+            vqvae = IGPTVQVAEModel.from_pretrained(vqvae)
+        if vqvae is None and getattr(processor, "n_clusters", None) is None:
+            vqvae = self._model_folder_vqvae()
+        self.image_tokenizer = ImageTokenizer(processor, vqvae.to(self.device) if vqvae is not None else None)
+        self.image_tokenizer.check_fits(config)
 
-    def _image_size(self) -> tuple[int, int]:
-        size = self.image_processor.size
-        return (size["height"], size["width"]) if isinstance(size, dict) else (size.height, size.width)
+    def _model_folder_vqvae(self) -> IGPTVQVAEModel:
+        """The VQ-VAE saved beside a prior on codes (its processor has no palette): `vqvae/` in the model's folder."""
+        folder = self.model.name_or_path
+        if not os.path.isdir(folder):
+            raise ValueError(
+                f"The model {folder!r} reads VQ-VAE codes (its image processor has no palette) and is not a local "
+                f"folder, so its VQ-VAE ({VQVAE_FOLDER}/) cannot be found at the model's revision: load the pipeline "
+                "from huggingface_hub.snapshot_download(repo_id, revision=COMMIT), or pass vqvae="
+            )
+        vqvae = load_vqvae(folder)
+        if vqvae is None:
+            raise ValueError(
+                f"{folder} has neither a palette in its image processor nor a VQ-VAE in {VQVAE_FOLDER}/: the pipeline "
+                "cannot turn tokens into pictures. Save the processor with its palette, or the VQ-VAE the prior was "
+                "trained on (ImageTokenizer.save_pretrained)"
+            )
+        return vqvae
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """The model, processor, pipeline code and config.custom_pipelines; the VQ-VAE in `vqvae/` for a prior on
+        codes."""
+        super().save_pretrained(save_directory, **kwargs)
+        if self.image_tokenizer.vqvae is not None:
+            self.image_tokenizer.vqvae.save_pretrained(os.path.join(save_directory, VQVAE_FOLDER))
 
     def __call__(self, images=None, **kwargs):
         return super().__call__(images, **kwargs)
@@ -105,19 +140,19 @@ class IGPTImageGenerationPipeline(Pipeline):
     def preprocess(self, image, num_images: int = 1, prompt_fraction: float = 0.5):
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
-        start = torch.full((num_images, 1), self.image_processor.start_token_id)  # (n, 1)
+        start_token_id = self.image_tokenizer.start_token_id
         if image is None:
-            return {"input_ids": start}
+            return {"input_ids": torch.full((num_images, 1), start_token_id)}  # (n, 1)
         if isinstance(image, str):  # a path or URL, as in transformers' image pipelines
             image = load_image(image)
-        pixels = self.image_processor(image, return_tensors="pt")["input_ids"]  # (1, H*W)
-        height, width = self._image_size()
-        prompt = completion_prompts(pixels, width, height, self.image_processor.start_token_id, prompt_fraction)
+        token_ids = self.image_tokenizer([image])  # (1, H*W) colours, or (1, h*w) VQ-VAE codes
+        height, width = self.image_tokenizer.grid_size
+        prompt = completion_prompts(token_ids, width, height, start_token_id, prompt_fraction)
         return {"input_ids": prompt.expand(num_images, -1)}  # (n, 1 + kept)
 
     def _forward(self, model_inputs, seed: int | None = None, generate_kwargs: dict | None = None):
         prompt = model_inputs["input_ids"]  # (n, 1 + kept)
-        height, width = self._image_size()
+        height, width = self.image_tokenizer.grid_size
         if seed is not None:
             torch.manual_seed(seed)
         generated = self.model.generate(
@@ -129,7 +164,7 @@ class IGPTImageGenerationPipeline(Pipeline):
         return {"input_ids": generated[:, 1:]}
 
     def postprocess(self, model_outputs):
-        return self.image_processor.decode(model_outputs["input_ids"])
+        return self.image_tokenizer.decode(model_outputs["input_ids"])
 
 
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=IGPTImageGenerationPipeline, pt_model=AutoModelForCausalLM)

@@ -1,7 +1,9 @@
-"""Shared fixtures: the tiny IGPT models, their ImageGPT twins, token batches and palette processors the tests build.
+"""Shared fixtures: the tiny IGPT models, their ImageGPT twins, token batches, palette processors and VQ-VAEs the
+tests build.
 
 Each fixture is a factory (session-scoped, so module-scoped fixtures can use it too): call it with the sizes a test
-needs. Defaults: 16 colours + the start token (id 16), 6 x 6 = 36 positions, width 32, 2 layers of 4 heads.
+needs. Defaults: 16 colours + the start token (id 16), 6 x 6 = 36 positions, width 32, 2 layers of 4 heads; the tiny
+VQ-VAE turns 12 x 12 images into 6 x 6 codes from 16, so the default prior reads its codes.
 """
 
 import numpy as np
@@ -10,7 +12,14 @@ import torch
 from transformers import ImageGPTConfig, ImageGPTForCausalImageModeling, ImageGPTForImageClassification
 
 from image_processing import IGPTImageProcessor
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageClassification
+from modeling_igpt import (
+    IGPTConfig,
+    IGPTForCausalImageModeling,
+    IGPTForImageClassification,
+    IGPTVQVAEConfig,
+    IGPTVQVAEModel,
+    ImageTokenizer,
+)
 from modeling_igpt.convert_imagegpt import copy_weights, imagegpt_to_igpt_config
 
 
@@ -29,6 +38,11 @@ def build_config(**overrides) -> IGPTConfig:
         num_attention_heads=4,
     )  # fmt: skip
     return IGPTConfig(**{**fields, **overrides})
+
+
+def build_vqvae_config(**overrides) -> IGPTVQVAEConfig:
+    fields = dict(image_size=12, latent_size=6, codebook_size=CLUSTERS, hidden_size=16, residual_hidden_size=8)
+    return IGPTVQVAEConfig(**{**fields, **overrides})
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -110,5 +124,37 @@ def tiny_processor():
     def build(height: int = 6, width: int = 6, clusters: int = 8) -> IGPTImageProcessor:
         palette = np.random.default_rng(0).uniform(-1, 1, (clusters, 3))  # (K, 3) in [-1, 1]
         return IGPTImageProcessor(clusters=palette, size={"height": height, "width": width})
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_vqvae_config():
+    """`tiny_vqvae_config(**overrides)`: an IGPTVQVAEConfig of 12 x 12 images -> 6 x 6 codes from 16, any field
+    overridden."""
+    return build_vqvae_config
+
+
+@pytest.fixture(scope="session")
+def tiny_vqvae():
+    """`tiny_vqvae(seed=0, **config)`: an IGPTVQVAEModel initialised under `seed`, in eval mode."""
+
+    def build(seed: int = 0, **overrides) -> IGPTVQVAEModel:
+        torch.manual_seed(seed)
+        return IGPTVQVAEModel(build_vqvae_config(**overrides)).eval()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_vqvae_tokenizer(tiny_vqvae):
+    """`tiny_vqvae_tokenizer(seed=0, **vqvae_config)`: an ImageTokenizer of VQ-VAE codes (a processor without palette at
+    the VQ-VAE's input size), the tokenizer of `tiny_model()` as a prior on codes."""
+
+    def build(seed: int = 0, **overrides) -> ImageTokenizer:
+        vqvae = tiny_vqvae(seed, **overrides)
+        size = vqvae.config.image_size
+        processor = IGPTImageProcessor(size={"height": size, "width": size}, do_color_quantize=False)
+        return ImageTokenizer(processor, vqvae)
 
     return build

@@ -21,7 +21,7 @@ from sklearn.datasets import load_sample_images
 
 from hub_cards import card, publish, validation
 from image_processing import IGPTImageProcessor
-from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageClassification, IGPTForMaskedImageModeling
+from modeling_igpt import IGPTForCausalImageModeling, IGPTForImageClassification, IGPTForMaskedImageModeling
 from test_model_tokenizer_fit import MISFITS  # the mismatched model/processor pairs, one table
 from test_model_tokenizer_fit import config as fit_config
 from test_model_tokenizer_fit import processor as palette_processor
@@ -44,27 +44,22 @@ SECTIONS = ["## The palette", "## How to use", "## Training data and hyperparame
             "## Limitations", "## Citation"]
 
 
-def tiny_processor(clusters: int = CLUSTERS) -> IGPTImageProcessor:
-    palette = np.random.default_rng(0).uniform(-1, 1, (clusters, 3))
-    return IGPTImageProcessor(clusters=palette, size={"height": HEIGHT, "width": WIDTH})
+@pytest.fixture(scope="module")
+def hub_model(tiny_model, random_model):
+    """`hub_model(model_class, **config)`: a model of conftest's tiny_processor() (6 x 6 images in 8 colours), every
+    weight random (zero-initialised heads would make every comparison trivially pass)."""
+
+    def build(model_class, **overrides):
+        sizes = dict(vocab_size=CLUSTERS + 1, max_position_embeddings=HEIGHT * WIDTH, hidden_size=16)
+        return random_model(tiny_model(model_class, **sizes, num_attention_heads=2, **overrides))
+
+    return build
 
 
-def tiny_model(model_class, **overrides):
-    config = IGPTConfig(
-        vocab_size=CLUSTERS + 1, max_position_embeddings=HEIGHT * WIDTH, hidden_size=16, num_hidden_layers=2,
-        num_attention_heads=2, **overrides,
-    )
-    model = model_class(config)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # random heads: zero-init logits would make every comparison trivially pass
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    return model.eval()
-
-
-def checkpoint(folder: Path, model, processor=None) -> Path:
+def checkpoint(folder: Path, model, tokenizer) -> Path:
+    """A save_pretrained folder of `model` and its tokenizer (a processor, or an ImageTokenizer with a VQ-VAE)."""
     model.save_pretrained(folder)
-    (processor or tiny_processor()).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -89,16 +84,17 @@ def assemble(checkpoint_dir: Path, output_dir: Path, repo_id: str, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, hub_model, tiny_processor):
     """Published folders for an autoregressive, a BERT and a classifier checkpoint: {kind: (folder, model)}."""
-    root = tmp_path_factory.mktemp("published")
-    autoregressive = checkpoint(root / "ar", tiny_model(IGPTForCausalImageModeling))
+    root, processor = tmp_path_factory.mktemp("published"), tiny_processor()
+    autoregressive = checkpoint(root / "ar", hub_model(IGPTForCausalImageModeling), processor)
     trainer_state = {"train_batch_size": 4, "max_steps": 10, "global_step": 10, "log_history": [{"learning_rate": 3e-4}]}
     (autoregressive / "trainer_state.json").write_text(json.dumps(trainer_state))
-    bert = checkpoint(root / "bert", tiny_model(IGPTForMaskedImageModeling, objective="bert"))
+    bert = checkpoint(root / "bert", hub_model(IGPTForMaskedImageModeling, objective="bert"), processor)
     labels = {0: "zero", 1: "one", 2: "two"}
     classifier = checkpoint(
-        root / "clf", tiny_model(IGPTForImageClassification, id2label=labels, label2id={v: k for k, v in labels.items()})
+        root / "clf", hub_model(IGPTForImageClassification, id2label=labels, label2id={v: k for k, v in labels.items()}),
+        processor,
     )
     return {
         "autoregressive": assemble(
@@ -194,10 +190,10 @@ def test_validation_rejects_incomplete_folders(published, tmp_path):
         validation.validate(folder, model, remote_code_check=False)
 
 
-def test_remote_code_check_loads_the_folder_without_the_package(published):
+def test_remote_code_check_loads_the_folder_without_the_package(published, hub_model, tiny_processor):
     folder, model = published["classifier"]
     validation.check_loads_without_package(folder, model)
-    other = tiny_model(IGPTForImageClassification, num_labels=3)
+    other = hub_model(IGPTForImageClassification, num_labels=3)
     with torch.no_grad():
         other.score.weight.add_(1.0)  # a model the folder does not hold: the check must notice
     with pytest.raises(ValueError, match="(?s)does not load without the igpt package.*other outputs"):
@@ -232,8 +228,8 @@ def test_probe_metrics_are_read_only_as_run_linear_probe_writes_them(tmp_path):
     assert card.read_metrics([write_json(tmp_path / "alone.json", PROBE)])["probe"]["plot"] is None
 
 
-def test_publish_runs_as_a_script(tmp_path):
-    result = subprocess.run([sys.executable, "hub_cards/publish.py", "--help"], capture_output=True, text=True,
+def test_publish_runs_as_a_module(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hub_cards.publish", "--help"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--skip_remote_code_check" in result.stdout and "CHECKPOINT" in result.stdout
@@ -242,8 +238,8 @@ def test_publish_runs_as_a_script(tmp_path):
 # --- Bad input ----------------------------------------------------------------------------------------------------------
 
 
-def test_bad_checkpoints_raise_clear_errors(tmp_path):
-    model = tiny_model(IGPTForCausalImageModeling)
+def test_bad_checkpoints_raise_clear_errors(tmp_path, hub_model, tiny_processor):
+    model = hub_model(IGPTForCausalImageModeling)
     mismatched = checkpoint(tmp_path / "palette", model, tiny_processor(clusters=5))
     with pytest.raises(ValueError, match=r"vocab_size=9 \(8 colours \+ 1 start token\) but the tokenizer has 5 colours"):
         assemble(mismatched, tmp_path / "out1", "org/x")
@@ -253,13 +249,13 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no preprocessor_config.json"):
         assemble(no_processor, tmp_path / "out2", "org/x")
 
-    pickle_only = checkpoint(tmp_path / "pickle", model)
+    pickle_only = checkpoint(tmp_path / "pickle", model, tiny_processor())
     torch.save(model.state_dict(), pickle_only / "pytorch_model.bin")
     (pickle_only / "model.safetensors").unlink()
     with pytest.raises(ValueError, match=r"only pickle weights \(pytorch_model.bin\); publishing requires model.safetensors"):
         assemble(pickle_only, tmp_path / "out3", "org/x")
 
-    good = checkpoint(tmp_path / "good", model)
+    good = checkpoint(tmp_path / "good", model, tiny_processor())
     metrics = write_json(tmp_path / "m.json", PRETRAINING)
     with pytest.raises(ValueError, match="--metrics needs --dataset_name"):
         assemble(good, tmp_path / "out4", "org/x", "--metrics", metrics)
@@ -300,7 +296,7 @@ def test_push_uploads_the_folder_with_the_requested_options(published):
         ("create_repo", ("org/igpt-l-digits",), {"private": True, "exist_ok": True}),
         ("create_branch", ("org/igpt-l-digits",), {"branch": "v1", "exist_ok": True}),
         ("upload_folder", (), {"repo_id": "org/igpt-l-digits", "folder_path": folder, "revision": "v1", "create_pr": True,
-                               "commit_message": "Publish igpt-l-digits with hub_cards/publish.py"}),
+                               "commit_message": "Publish igpt-l-digits with hub_cards.publish"}),
     ]
 
 
@@ -426,8 +422,8 @@ def test_generation_pipeline_from_a_published_folder_needs_no_trust_remote_code(
     assert len(generate(num_images=2, top_k=2)) == 2
 
 
-def test_publish_ships_the_endpoint_handler_and_writes_a_linked_space(tmp_path):
-    folder = checkpoint(tmp_path / "ckpt", tiny_model(IGPTForCausalImageModeling))
+def test_publish_ships_the_endpoint_handler_and_writes_a_linked_space(tmp_path, hub_model, tiny_processor):
+    folder = checkpoint(tmp_path / "ckpt", hub_model(IGPTForCausalImageModeling), tiny_processor())
     output_dir, _ = assemble(
         folder, tmp_path / "out", "org/igpt-s", "--space_dir", str(tmp_path / "space"), "--space_id", "org/igpt-s-demo",
         "--revision", "v1",
@@ -438,7 +434,7 @@ def test_publish_ships_the_endpoint_handler_and_writes_a_linked_space(tmp_path):
     assert "https://huggingface.co/spaces/org/igpt-s-demo" in (output_dir / "README.md").read_text()
     (output_dir / "handler.py").unlink()
     with pytest.raises(ValueError, match="no handler.py"):
-        validation.check_files(output_dir, tiny_model(IGPTForCausalImageModeling))
+        validation.check_files(output_dir, hub_model(IGPTForCausalImageModeling))
 
     calls = []
 
@@ -458,3 +454,39 @@ def test_publish_ships_the_endpoint_handler_and_writes_a_linked_space(tmp_path):
     ]
     with pytest.raises(ValueError, match="--space_id needs --space_dir"):
         assemble(folder, tmp_path / "other", "org/igpt-s", "--space_id", "org/igpt-s-demo")
+
+
+# --- A prior on VQ-VAE codes --------------------------------------------------------------------------------------------
+
+
+def test_a_vqvae_prior_publishes_with_its_vqvae_and_loads_without_the_package(tmp_path, tiny_model, random_model,
+                                                                              tiny_vqvae_tokenizer, tiny_vqvae):
+    tokenizer = tiny_vqvae_tokenizer()  # 12 x 12 images -> 6 x 6 codes from 16: what tiny_model() reads
+    folder = checkpoint(tmp_path / "ckpt", random_model(tiny_model()), tokenizer)
+    output_dir, model = assemble(folder, tmp_path / "out", "org/igpt-vq", "--dataset_name", "photos")
+    names = {path.name for path in output_dir.iterdir()}
+    assert {"pipeline_igpt.py", "image_tokenizer.py", "modeling_vqvae.py", "configuration_vqvae.py", "handler.py"} <= names
+    assert {path.name for path in (output_dir / "vqvae").iterdir()} >= {"config.json", "model.safetensors",
+                                                                      "modeling_vqvae.py", "configuration_vqvae.py"}
+    images = {path.name for path in (output_dir / "images").iterdir()}
+    assert images == {"samples.png", "completions.png", "inputs.png"}  # no palette to show
+
+    text = (output_dir / "README.md").read_text()
+    assert "## The VQ-VAE" in text and "## The palette" not in text
+    assert "| Input | 12 x 12 images -> 6 x 6 VQ-VAE codes = 36 tokens, raster order |" in text
+    assert "| Vocabulary | 16 VQ-VAE codes + 1 start token (id 16) |" in text
+    assert 'snapshot_download("org/igpt-vq", revision=revision)' in text
+    assert "the VQ-VAE's reconstruction from 6x6 of its 16 codes" in text
+
+    validation.validate(output_dir, model)  # the package-free Python: same outputs, codes and decoded pictures
+    with pytest.raises(ValueError, match="(?s)does not load without the igpt package.*(other tokens|other pictures)"):
+        validation.check_loads_without_package(output_dir, model, vqvae=tiny_vqvae(seed=1))
+    (output_dir / "vqvae" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="vqvae/ has no model.safetensors"):
+        validation.check_files(output_dir, model)
+
+
+def test_publish_refuses_a_non_generative_model_on_vqvae_codes(tmp_path, tiny_model, tiny_vqvae_tokenizer):
+    folder = checkpoint(tmp_path / "ckpt", tiny_model(IGPTForImageClassification), tiny_vqvae_tokenizer())
+    with pytest.raises(ValueError, match="IGPTForImageClassification on the codes of the VQ-VAE in vqvae/"):
+        assemble(folder, tmp_path / "out", "org/x")

@@ -1,6 +1,7 @@
 """The custom unconditional-image-generation pipeline: samples, completions, saved registration, clear errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -118,3 +119,67 @@ def test_completion_prompts_keep_whole_top_rows_after_the_start_token():
     assert torch.equal(prompts[:, 0], torch.tensor([99, 99]))
     assert torch.equal(prompts[:, 1:], pixels[:, :kept])
     assert completion_prompts(pixels, 3, 7, 99, prompt_fraction=0.25).shape == (2, 1 + 2 * 3)
+
+
+# --- A prior on VQ-VAE codes ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vqvae_pipe(tiny_model, random_model, tiny_vqvae_tokenizer):
+    """A prior on the 6 x 6 codes (8 in the codebook) of a VQ-VAE of 12 x 12 images, with random weights."""
+    tokenizer = tiny_vqvae_tokenizer(codebook_size=CLUSTERS)
+    prior = random_model(tiny_model())
+    return IGPTImageGenerationPipeline(model=prior, image_processor=tokenizer.processor, vqvae=tokenizer.vqvae, device=-1)
+
+
+def decoded(vqvae, codes: torch.LongTensor) -> np.ndarray:
+    """VQ-VAE codes (B, 36) -> (B, 12, 12, 3) uint8 pictures, written out here from the decoder's [-1, 1] output."""
+    with torch.no_grad():
+        pixels = vqvae.decode(codes).permute(0, 2, 3, 1)  # (B, 12, 12, 3)
+    return ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def test_a_vqvae_prior_samples_codes_and_decodes_them_with_its_vqvae(vqvae_pipe):
+    model, vqvae = vqvae_pipe.model, vqvae_pipe.image_tokenizer.vqvae
+    samples = vqvae_pipe(num_images=2, top_k=4, seed=0)
+    assert all(image.size == (12, 12) and image.mode == "RGB" for image in samples)  # the VQ-VAE's input size
+    torch.manual_seed(0)
+    start = torch.full((2, 1), CLUSTERS)
+    codes = model.generate(start, attention_mask=torch.ones_like(start), max_length=37, do_sample=True, top_k=4)
+    assert np.array_equal(np.stack([np.asarray(image) for image in samples]), decoded(vqvae, codes[:, 1:]))
+
+
+def test_a_vqvae_prior_completes_the_top_rows_of_codes(vqvae_pipe, photo):
+    model, tokenizer = vqvae_pipe.model, vqvae_pipe.image_tokenizer
+    completion = vqvae_pipe(photo, num_images=1, do_sample=False)[0]
+    codes = tokenizer([photo])  # (1, 36): the photo at 12 x 12 through the encoder
+    kept = HEIGHT // 2 * WIDTH
+    prompt = torch.cat([torch.tensor([[CLUSTERS]]), codes[:, :kept]], dim=1)
+    expected = model.generate(prompt, max_new_tokens=HEIGHT * WIDTH - kept, do_sample=False)[:, 1:]  # (1, 36)
+    assert torch.equal(expected[:, :kept], codes[:, :kept])
+    assert np.array_equal(np.asarray(completion), decoded(tokenizer.vqvae, expected)[0])
+
+
+def test_a_saved_vqvae_prior_loads_its_vqvae_from_its_folder(vqvae_pipe, tmp_path):
+    from transformers import pipeline
+
+    vqvae_pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "vqvae" / "model.safetensors").is_file() and (tmp_path / "modeling_vqvae.py").is_file()
+    reloaded = pipeline(TASK, model=str(tmp_path), device=-1)
+    before, after = vqvae_pipe(num_images=2, seed=3), reloaded(num_images=2, seed=3)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(before, after))
+
+    shutil.rmtree(tmp_path / "vqvae")
+    with pytest.raises(ValueError, match=r"has neither a palette in its image processor nor a VQ-VAE in vqvae/"):
+        pipeline(TASK, model=str(tmp_path), device=-1)
+
+
+def test_a_vqvae_prior_without_its_vqvae_or_with_another_is_refused(vqvae_pipe, tiny_model, tiny_vqvae):
+    prior = tiny_model()
+    prior.config.name_or_path = "org/igpt-vq"  # loaded from the Hub: vqvae/ is not on this disk at the model's commit
+    with pytest.raises(ValueError, match=r"'org/igpt-vq' reads VQ-VAE codes .* snapshot_download"):
+        IGPTImageGenerationPipeline(model=prior, image_processor=vqvae_pipe.image_processor, device=-1)
+    with pytest.raises(ValueError, match=r"vocab_size=9 \(8 codes \+ 1 start token\) but the tokenizer has 16 codes"):
+        IGPTImageGenerationPipeline(
+            model=prior, image_processor=vqvae_pipe.image_processor, vqvae=tiny_vqvae(codebook_size=16), device=-1
+        )
