@@ -9,8 +9,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 from sklearn.datasets import load_sample_images
-from transformers import AutoImageProcessor, AutoModelForCausalLM, ImageGPTConfig, ImageGPTForCausalImageModeling
-from transformers import ImageGPTImageProcessorPil
+from transformers import AutoImageProcessor, AutoModelForCausalLM, ImageGPTImageProcessorPil
 
 from hub_cards import convert_released
 
@@ -18,15 +17,23 @@ from hub_cards import convert_released
 CLUSTERS, HEIGHT, WIDTH = 8, 6, 6
 
 
-def imagegpt_folder(folder, weights: str):
-    """A tiny ImageGPT checkpoint saved like the released ones: config, weights, preprocessor with the palette."""
-    config = ImageGPTConfig(vocab_size=CLUSTERS + 1, n_positions=HEIGHT * WIDTH, n_embd=16, n_layer=2, n_head=2)
+@pytest.fixture(scope="module")
+def imagegpt_folder(imagegpt_pair):
+    """`imagegpt_folder(folder, weights)`: a tiny ImageGPT checkpoint (conftest's, every weight random) saved like the
+    released ones: config, weights ("safetensors" or "bin"), preprocessor with the palette; returns (model, processor).
+    """
+
+    def build(folder, weights: str):
+        model, _ = imagegpt_pair(vocab_size=CLUSTERS + 1, n_positions=HEIGHT * WIDTH, n_embd=16, n_head=2)
+        return save_released(model, folder, weights)
+
+    return build
+
+
+def save_released(model, folder, weights: str):
+    """Write `model` and a seeded 8-colour palette processor into `folder` as openai/imagegpt-* are laid out."""
+    config = model.config
     config.architectures = ["ImageGPTForCausalImageModeling"]
-    model = ImageGPTForCausalImageModeling(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
     folder.mkdir()
     config.save_pretrained(folder)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
@@ -48,7 +55,7 @@ def convert(source, output_dir, *extra: str):
 
 
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
-def test_released_layout_converts_to_a_logits_identical_repository(tmp_path, weights):
+def test_released_layout_converts_to_a_logits_identical_repository(tmp_path, weights, imagegpt_folder):
     source, processor = imagegpt_folder(tmp_path / "imagegpt", weights)
     convert(tmp_path / "imagegpt", tmp_path / "igpt-s", "--source_repo", "openai/imagegpt-small")
 
@@ -71,7 +78,7 @@ def test_released_layout_converts_to_a_logits_identical_repository(tmp_path, wei
     assert "unconditional-image-generation" in json.loads((published / "config.json").read_text())["custom_pipelines"]
 
 
-def test_conversion_errors_name_the_problem(tmp_path):
+def test_conversion_errors_name_the_problem(tmp_path, imagegpt_folder):
     imagegpt_folder(tmp_path / "pickle", "bin")
     with pytest.raises(ValueError, match=r"only pickle weights \(pytorch_model.bin\) and --require_safetensors"):
         convert(tmp_path / "pickle", tmp_path / "out", "--require_safetensors")

@@ -9,25 +9,20 @@ from hub_cards.validation import run_python
 from modeling_igpt import IGPTConfig, IGPTForCausalImageModeling, IGPTForImageClassification, IGPTModel
 
 
-def tiny(**overrides):
-    return IGPTConfig(vocab_size=9, max_position_embeddings=16, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, **overrides)
-
-
-def test_round_trip_keeps_weights_and_config(tmp_path):
-    model = IGPTForCausalImageModeling(tiny()).eval()
-    torch.nn.init.normal_(model.lm_head.weight)
+def test_round_trip_keeps_weights_and_config(tmp_path, tiny_model):
+    model = tiny_model()  # random head: zero-initialised logits would compare equal whatever was loaded
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is IGPTForCausalImageModeling
-    tokens = torch.randint(0, 8, (2, 16))
+    tokens = torch.randint(0, model.config.vocab_size - 1, (2, model.config.max_position_embeddings))
     assert torch.equal(model(tokens).logits, loaded(tokens).logits)
     assert type(AutoModel.from_pretrained(tmp_path)) is IGPTModel
     assert type(AutoConfig.from_pretrained(tmp_path)) is IGPTConfig
 
 
-def test_saved_folder_is_self_contained(tmp_path):
-    IGPTForImageClassification(tiny(num_labels=3)).save_pretrained(tmp_path)
+def test_saved_folder_is_self_contained(tmp_path, tiny_model):
+    tiny_model(IGPTForImageClassification, num_labels=3).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert set(config["auto_map"]) == {
         "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedImageModeling", "AutoModelForImageClassification",
@@ -37,11 +32,10 @@ def test_saved_folder_is_self_contained(tmp_path):
     assert type(classifier) is IGPTForImageClassification and classifier.config.num_labels == 3
 
 
-def test_remote_code_load_in_a_python_without_the_package(tmp_path):
-    model = IGPTForCausalImageModeling(tiny()).eval()
-    torch.nn.init.normal_(model.lm_head.weight)
+def test_remote_code_load_in_a_python_without_the_package(tmp_path, tiny_model):
+    model = tiny_model()
     model.save_pretrained(tmp_path / "model")
-    tokens = torch.randint(0, 8, (1, 16))
+    tokens = torch.randint(0, model.config.vocab_size - 1, (1, model.config.max_position_embeddings))
     torch.save({"tokens": tokens, "logits": model(tokens).logits}, tmp_path / "expected.pt")
     script = f"""
         import torch

@@ -1,6 +1,7 @@
 """Tests of the iGPT VQ-VAE (issue 7): shapes and sizes against appendix A.2, the EMA codebook and dead-code revival
 on constructed cases, a short training run on real photos, save/load, and input validation."""
 
+import functools
 import json
 
 import pytest
@@ -13,9 +14,13 @@ from modeling_igpt.configuration_vqvae import IGPTVQVAEConfig
 from modeling_igpt.modeling_vqvae import IGPTVQVAEModel, IGPTVQVAEQuantizer
 
 
-def tiny_config(**overrides):
-    """32x32 images -> 16x16 codes from 64: the paper's architecture at a size a CPU trains in seconds."""
-    return IGPTVQVAEConfig(**{"image_size": 32, "latent_size": 16, "codebook_size": 64, **overrides})
+@pytest.fixture(scope="session")
+def tiny_config(tiny_vqvae_config):
+    """`tiny_config(**overrides)`: 32x32 images -> 16x16 codes from 64, with the paper's channels (64, 32 in the
+    residual branch): conftest's tiny VQ-VAE at a size a CPU trains in seconds."""
+    return functools.partial(
+        tiny_vqvae_config, image_size=32, latent_size=16, codebook_size=64, hidden_size=64, residual_hidden_size=32
+    )
 
 
 def random_pixels(batch_size, size, channels=3, seed=0):
@@ -99,7 +104,7 @@ def test_config_refuses_non_positive_sizes_by_name(overrides, named):
         IGPTVQVAEConfig(**overrides)
 
 
-def test_ema_moves_used_codes_to_the_mean_of_their_data_and_eval_leaves_them_alone():
+def test_ema_moves_used_codes_to_the_mean_of_their_data_and_eval_leaves_them_alone(tiny_config):
     config = tiny_config(codebook_size=4, hidden_size=2, ema_decay=0.9, dead_code_threshold=0.0)
     quantizer = IGPTVQVAEQuantizer(config).train()
     initial = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [4.0, 4.0]])
@@ -134,7 +139,7 @@ def test_ema_moves_used_codes_to_the_mean_of_their_data_and_eval_leaves_them_alo
         assert torch.equal(buffer, buffers[name]), name
 
 
-def test_codes_below_ten_percent_of_expected_usage_are_revived_next_to_a_live_code():
+def test_codes_below_ten_percent_of_expected_usage_are_revived_next_to_a_live_code(tiny_config):
     # decay 0: the EMA usage is this batch's usage. 400 tokens over 4 codes: expected usage 100, threshold 10.
     config = tiny_config(codebook_size=4, hidden_size=2, ema_decay=0.0)
     quantizer = IGPTVQVAEQuantizer(config).train()
@@ -160,7 +165,7 @@ def test_codes_below_ten_percent_of_expected_usage_are_revived_next_to_a_live_co
     assert int(quantizer.dead_code_mask(100.0).sum()) == 0
 
 
-def test_straight_through_gradients_reach_the_encoder_and_losses_are_rescaled_to_unit_variance():
+def test_straight_through_gradients_reach_the_encoder_and_losses_are_rescaled_to_unit_variance(tiny_config):
     model = IGPTVQVAEModel(tiny_config()).train()
     pixel_values = random_pixels(4, 32)
     latents = model.encoder(pixel_values).detach()  # (B, D, h, w) before the step updates the codebook
@@ -179,7 +184,7 @@ def test_straight_through_gradients_reach_the_encoder_and_losses_are_rescaled_to
     assert model.decoder.blocks[-1].upsample.weight.grad.abs().sum() > 0
 
 
-def test_decode_of_encode_is_the_forward_reconstruction():
+def test_decode_of_encode_is_the_forward_reconstruction(tiny_config):
     model = IGPTVQVAEModel(tiny_config()).eval()
     pixel_values = random_pixels(3, 32)
     output = model(pixel_values)
@@ -215,7 +220,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_short_training_on_photos_lowers_reconstruction_error_and_revival_keeps_codes_alive(one_thread):
+def test_short_training_on_photos_lowers_reconstruction_error_and_revival_keeps_codes_alive(one_thread, tiny_config):
     # Train on crops from the left three quarters of each photo, validate on the right quarter. The learning rate is
     # 10x the paper's so that 150 steps are enough.
     train_images = photo_crops(512, 32, columns=(0.0, 0.75), seed=0)
@@ -236,7 +241,7 @@ def test_short_training_on_photos_lowers_reconstruction_error_and_revival_keeps_
     assert codes_used > 2 * codes_used_without and mse < mse_without
 
 
-def test_save_and_load_round_trip(tmp_path):
+def test_save_and_load_round_trip(tmp_path, tiny_config):
     model = IGPTVQVAEModel(tiny_config())
     model.train()(random_pixels(4, 32))  # move the EMA buffers away from their initial values
     model.eval().save_pretrained(tmp_path)
