@@ -5,16 +5,17 @@ checkpoint.
 With `fsdp_state_dict_type: SHARDED_STATE_DICT` (examples/accelerate_configs/fsdp2.yaml) every process writes its
 own shard of the weights through torch.distributed.checkpoint: `checkpoint-N/pytorch_model_fsdp_0/__<rank>_0.distcp`
 plus `.metadata`, and the optimiser state in `checkpoint-N/optimizer_0/` (what Trainer's FSDP resume reads; see
-docs/scaling.md for what run_pretraining.py accepts). To publish or evaluate, merge it:
+docs/scaling.md for what run_pretraining.py accepts). The run's final output folder already holds the full weights;
+to publish or evaluate an intermediate checkpoint, merge it:
 
     python examples/merge_fsdp_checkpoint.py RUN/checkpoint-N MERGED [--config_from RUN]
     python hub_cards/publish.py MERGED --repo_id ORG/NAME --output_dir HUB_FOLDER
 
 The weights are gathered on one CPU by accelerate's `merge_fsdp_weights` (what `accelerate merge-weights` runs); the
-model config and the image processor (palette; `vqvae/` for VQ-VAE codes) are copied from the checkpoint, or from
-`--config_from` when the checkpoint has none (a sharded Trainer checkpoint holds no config.json: give the run's
-output folder). The merged folder is then loaded back with `from_pretrained`, refusing missing or unexpected weights
-and a processor that does not fit the model.
+model config and the image processor (palette; `vqvae/` for VQ-VAE codes) are copied from the checkpoint (the
+example scripts' trainers write them beside the shards), else from its parent folder, or from `--config_from`. The
+merged folder is then loaded back with `from_pretrained`, refusing missing or unexpected weights and a processor that
+does not fit the model.
 """
 
 import argparse
@@ -28,9 +29,9 @@ from transformers import AutoConfig
 import modeling_igpt
 from image_processing import IGPTImageProcessor
 from modeling_igpt.compatibility import check_model_fits_tokenizer
+from modeling_igpt.training import SHARDED_WEIGHTS_FOLDER
 
 
-SHARDED_WEIGHTS_FOLDER = "pytorch_model_fsdp_0"  # accelerate's FSDP_MODEL_NAME + model index 0
 CONFIG_FILES = ("config.json", "generation_config.json", "preprocessor_config.json")
 VQVAE_FOLDER = "vqvae"
 

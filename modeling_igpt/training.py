@@ -1,16 +1,20 @@
 """What Image GPT training runs add to transformers' Trainer: the paper's optimiser settings, losses in bits per
 dimension, a stop at the first non-finite loss (never saving non-finite weights), and resuming from the last
-checkpoint that was saved completely. Also the checks the example scripts run on paths before loading anything.
+checkpoint that was saved completely, full or sharded by FSDP. Also the checks the example scripts run on paths
+before loading anything.
 """
 
 import json
 import logging
 import math
 import os
+import pickle
 import re
 
 import huggingface_hub
 import torch
+from accelerate.utils.constants import FSDP_MODEL_NAME, OPTIMIZER_NAME
+from torch.distributed.checkpoint import FileSystemReader
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -64,14 +68,52 @@ def check_output_dir(path: str) -> None:
 
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# What Trainer writes with FSDP's SHARDED_STATE_DICT (accelerate's save_fsdp_model / save_fsdp_optimizer, model 0):
+# one torch.distributed.checkpoint folder each, every process writing its own `__<rank>_0.distcp` shard.
+SHARDED_WEIGHTS_FOLDER = f"{FSDP_MODEL_NAME}_0"
+SHARDED_OPTIMIZER_FOLDER = f"{OPTIMIZER_NAME}_0"
+
+
+def is_sharded_checkpoint(folder: str) -> bool:
+    """Whether `folder` holds FSDP-sharded weights (a Trainer checkpoint of a SHARDED_STATE_DICT run)."""
+    return os.path.isdir(os.path.join(folder, SHARDED_WEIGHTS_FOLDER))
+
+
+def sharded_state_problems(folder: str) -> list[str]:
+    """What a torch.distributed.checkpoint folder lacks: its `.metadata` (written last, once every process has
+    written its shard) and every shard file, whole, that the metadata names. A shard goes missing when the
+    processes of a multi-machine run saved to disks that are not shared."""
+    name = os.path.basename(folder)
+    try:
+        metadata = FileSystemReader(folder).read_metadata()
+    except FileNotFoundError:
+        return [f"no {name}/.metadata"]
+    except (EOFError, pickle.UnpicklingError) as error:  # an empty or truncated file
+        return [f"an unreadable {name}/.metadata ({type(error).__name__})"]
+    shard_ends = {}  # shard file -> the byte where its last tensor ends
+    for stored in metadata.storage_data.values():
+        end = stored.offset + stored.length
+        shard_ends[stored.relative_path] = max(end, shard_ends.get(stored.relative_path, 0))
+    problems = []
+    for shard, end in sorted(shard_ends.items()):
+        path = os.path.join(folder, shard)
+        if not os.path.isfile(path):
+            problems.append(f"no {name}/{shard}")
+        elif os.path.getsize(path) < end:
+            problems.append(f"a truncated {name}/{shard}")
+    return problems
 
 
 def checkpoint_problems(folder: str) -> list[str]:
     """What a checkpoint lacks to be resumed from (empty when complete). Trainer writes the weights, then the
     processor, optimizer, scheduler and RNG states, and trainer_state.json last: a run killed while saving leaves a
-    folder without it (or with a truncated one)."""
+    folder without it (or with a truncated one). A sharded checkpoint (FSDP's SHARDED_STATE_DICT) holds its weights
+    and optimizer state as shards of every process instead of model.safetensors and optimizer.pt."""
     problems = []
-    if not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHTS_FILES):
+    if is_sharded_checkpoint(folder):
+        for sharded_folder in (SHARDED_WEIGHTS_FOLDER, SHARDED_OPTIMIZER_FOLDER):
+            problems.extend(sharded_state_problems(os.path.join(folder, sharded_folder)))
+    elif not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHTS_FILES):
         problems.append("no model weights")
     if not os.path.isfile(os.path.join(folder, PROCESSOR_FILE)):
         problems.append(f"no {PROCESSOR_FILE}")
@@ -144,14 +186,38 @@ class FiniteTrainer(Trainer):
             )
         return loss
 
+    @property
+    def saves_sharded_weights(self) -> bool:
+        """FSDP with SHARDED_STATE_DICT: checkpoints hold every process's shard, and Trainer's save_model writes
+        neither weights nor config nor processor."""
+        return self.is_fsdp_enabled and "SHARDED_STATE_DICT" in str(self.accelerator.state.fsdp_plugin.state_dict_type)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Refuses non-finite weights. A sharded FSDP run's checkpoints get the config and processor beside the
+        shards (to resume from and to merge), and its final save gathers the full weights into model.safetensors."""
         bad = [name for name, weight in self.model.named_parameters() if not torch.isfinite(weight).all()]
         if bad:
             raise NonFiniteLossError(
                 f"Non-finite weights after step {self.state.global_step} ({len(bad)} tensors, first {bad[0]}): not "
                 f"saving them over the checkpoints in {self.args.output_dir}."
             )
-        super().save_model(output_dir, _internal_call)
+        if not self.saves_sharded_weights:
+            super().save_model(output_dir, _internal_call)
+        elif _internal_call:  # a checkpoint: Trainer then saves the shards with the optimiser state
+            super().save_model(output_dir, _internal_call)
+            if self.args.should_save:
+                output_dir = output_dir or self.args.output_dir
+                self.accelerator.unwrap_model(self.model).config.save_pretrained(output_dir)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+        else:  # the final model: "user trains with sharded, but final save is with full" (set_state_dict_type)
+            plugin = self.accelerator.state.fsdp_plugin
+            sharded = plugin.state_dict_type
+            plugin.set_state_dict_type("FULL_STATE_DICT")
+            try:
+                super().save_model(output_dir, _internal_call)
+            finally:
+                plugin.set_state_dict_type(sharded)
 
 
 class BitsPerDimTrainer(FiniteTrainer):
@@ -171,6 +237,19 @@ def checkpoint_step(checkpoint: str | None) -> int:
         return json.load(file)["global_step"]
 
 
+def check_resumable(trainer: Trainer, checkpoint: str | None) -> None:
+    """A sharded checkpoint resumes only under FSDP (Trainer would answer "only supported when using PyTorch
+    FSDP" after loading everything else)."""
+    if checkpoint is not None and is_sharded_checkpoint(checkpoint) and not trainer.is_fsdp_enabled:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} holds FSDP-sharded weights ({SHARDED_WEIGHTS_FOLDER}/) and this "
+            "run does not use FSDP: launch it with `accelerate launch --config_file "
+            "examples/accelerate_configs/fsdp2.yaml` on GPUs (Accelerate runs CPU processes with DDP), or merge the "
+            "checkpoint with examples/merge_fsdp_checkpoint.py and continue from the merged folder with "
+            "--model_name_or_path (with a new optimiser state)."
+        )
+
+
 def train_evaluate_predict(trainer: Trainer, training_args, checkpoint: str | None, tokenizer, extra_train_metrics: dict,
                            test_dataset=None) -> dict:
     """What every Trainer script does after building its Trainer: `do_train` (resumable; saves the model and the
@@ -178,6 +257,7 @@ def train_evaluate_predict(trainer: Trainer, training_args, checkpoint: str | No
     `test_dataset`; each split's metrics logged and saved. Returns all metrics."""
     metrics = {}
     if training_args.do_train:
+        check_resumable(trainer, checkpoint)
         first_step = checkpoint_step(checkpoint)  # read now: checkpoint rotation may delete the folder while training
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()

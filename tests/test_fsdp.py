@@ -1,5 +1,5 @@
 """FSDP2 sharded training on CPUs: two gloo processes against one, resume from a sharded checkpoint, merge to one
-folder.
+folder, and run_pretraining itself under Trainer's FSDP2 path.
 
 What runs here and what does not (accelerate 1.15, torch 2.13, no accelerator device):
 
@@ -8,11 +8,17 @@ What runs here and what does not (accelerate 1.15, torch 2.13, no accelerator de
 - torch's FSDP2 (`fully_shard`) runs on CPU tensors over gloo. Accelerate itself does not select FSDP there:
   `AcceleratorState` upgrades the distributed type to FSDP only from an accelerator type (MULTI_GPU, MULTI_XPU, ...),
   so a CPU run with the FSDP config silently becomes plain DDP (MULTI_CPU), and `Trainer` then trains without
-  sharding. The worker below therefore hands the plugin to the CPU state and calls accelerate's own FSDP2 functions
-  (`fsdp2_apply_ac`, `fsdp2_prepare_model`: auto-wrap per IGPTBlock, activation checkpointing, rank-0 weight
-  broadcast) and its checkpoint functions (`save_fsdp_model` / `save_fsdp_optimizer` and their loaders, the ones
-  Trainer calls), then `accelerate merge-weights`. Trainer's FSDP loop itself is exercised only on GPUs.
-- bf16 mixed precision: the test runs fp32 (`--mixed_precision no`) so that losses can be compared with one process.
+  sharding. Two workers below get round it:
+  - `accelerate_functions` hands the plugin to the CPU state and calls accelerate's own FSDP2 functions
+    (`fsdp2_apply_ac`, `fsdp2_prepare_model`: auto-wrap per IGPTBlock, activation checkpointing, rank-0 weight
+    broadcast) and its checkpoint functions (`save_fsdp_model` / `save_fsdp_optimizer` and their loaders, the ones
+    Trainer calls), then `accelerate merge-weights`: losses against one process, resume, merge.
+  - `run_pretraining` sets, right after `AcceleratorState` has initialised the CPU processes, what its GPU branch
+    sets (`distributed_type = FSDP` and the plugin; `force_fsdp_on_cpu_processes`), then runs
+    examples/run_pretraining.py's `main` twice: 4 steps with sharded checkpoints at steps 2 and 4, and a second run
+    resumed from checkpoint-2. This is Trainer's own FSDP2 path (`accelerator.prepare`, its checkpoint saves, its
+    resume, the final `save_model`) on CPUs; only the device differs from a GPU run.
+- bf16 mixed precision: the tests run fp32 (`--mixed_precision no`) so that losses can be compared exactly.
 
 Losses: two processes with 4 sequences each and one process with the same 8 sequences take the same optimiser steps;
 the per-step losses agree within 1e-5 (fp32; only the order of the gradient sums differs).
@@ -68,7 +74,8 @@ def new_optimizer(model) -> torch.optim.Optimizer:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The worker: run by `accelerate launch --config_file fsdp2.yaml --num_processes 2 tests/test_fsdp.py OUTPUT`
+# The accelerate_functions worker: `accelerate launch --config_file fsdp2.yaml --num_processes 2 tests/test_fsdp.py
+# accelerate_functions OUTPUT`
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -82,7 +89,7 @@ def sharded_model(accelerator, seed: int):
     return fsdp2_prepare_model(accelerator, model)
 
 
-def worker(output_dir: str):
+def accelerate_functions_worker(output_dir: str):
     import torch.distributed as dist
     from accelerate import Accelerator
     from accelerate.utils import FullyShardedDataParallelPlugin
@@ -138,8 +145,63 @@ def worker(output_dir: str):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The test
+# The run_pretraining worker: `accelerate launch --config_file fsdp2.yaml --num_processes 2 tests/test_fsdp.py
+# run_pretraining OUTPUT`
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+PRETRAINING = [
+    "--dataset_name", "digits", "--image_size", "8", "--n_clusters", "8", "--palette_max_pixels", "20000",
+    "--num_hidden_layers", "2", "--hidden_size", "32", "--num_attention_heads", "2",
+    "--max_train_samples", "64", "--per_device_train_batch_size", "4", "--max_steps", str(STEPS),
+    "--save_strategy", "steps", "--save_steps", str(SAVE_AT), "--logging_steps", "1", "--eval_strategy", "no",
+    "--do_eval", "false", "--disable_tqdm", "true", "--seed", "0",
+]  # fmt: skip
+
+
+def force_fsdp_on_cpu_processes():
+    """What `AcceleratorState.__init__` sets for GPU processes launched with an FSDP config, set for CPU ones too:
+    the distributed type FSDP and the plugin Accelerator built from the FSDP_* environment."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    initialise = AcceleratorState.__init__
+
+    def initialise_with_fsdp(state, *args, fsdp_plugin=None, **kwargs):
+        initialise(state, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if state.distributed_type == DistributedType.MULTI_CPU:
+            state.distributed_type = DistributedType.FSDP
+            state.fsdp_plugin = fsdp_plugin or FullyShardedDataParallelPlugin()
+
+    AcceleratorState.__init__ = initialise_with_fsdp
+
+
+def pretraining_worker(output_dir: str):
+    from example_scripts import load_example
+
+    force_fsdp_on_cpu_processes()
+    run_pretraining = load_example("run_pretraining")
+    run_pretraining.main([*PRETRAINING, "--output_dir", os.path.join(output_dir, "full")])
+    checkpoint = os.path.join(output_dir, "full", f"checkpoint-{SAVE_AT}")
+    run_pretraining.main([*PRETRAINING, "--output_dir", os.path.join(output_dir, "resumed"),
+                          "--resume_from_checkpoint", checkpoint])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The tests
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def launch(worker_name: str, output_dir, port: int):
+    """Two CPU processes launched from the FSDP2 config (fp32 here), as a user launches training."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", FSDP_CONFIG,
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(port),
+        os.path.abspath(__file__), worker_name, str(output_dir),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 def one_process_reference() -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -156,16 +218,8 @@ def one_process_reference() -> tuple[list[float], dict[str, torch.Tensor]]:
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory):
-    """Two CPU processes launched from the FSDP2 config (fp32 here), as a user launches training."""
     output_dir = tmp_path_factory.mktemp("fsdp")
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", FSDP_CONFIG,
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29517",
-        os.path.abspath(__file__), str(output_dir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch("accelerate_functions", output_dir, port=29517)
     with open(output_dir / "report.json") as file:
         return output_dir, json.load(file)
 
@@ -236,6 +290,110 @@ def test_merge_refuses_a_folder_without_shards(tmp_path):
         merge.merge_fsdp_checkpoint(tmp_path, tmp_path / "merged")
 
 
+@pytest.fixture(scope="module")
+def pretraining_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("fsdp_pretraining")
+    launch("run_pretraining", output_dir, port=29519)
+    return output_dir
+
+
+def read_json(path) -> dict:
+    with open(path) as file:
+        return json.load(file)
+
+
+def logged_losses(run_folder) -> dict[int, float]:
+    history = read_json(run_folder / "trainer_state.json")["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def test_trainer_checkpoints_are_sharded_with_config_and_processor(pretraining_run):
+    from modeling_igpt.training import checkpoint_problems
+
+    checkpoint = pretraining_run / "full" / f"checkpoint-{SAVE_AT}"
+    files = sorted(path.name for path in checkpoint.iterdir())
+    assert "model.safetensors" not in files  # the weights are the processes' shards
+    for name in ("pytorch_model_fsdp_0", "optimizer_0"):
+        shards = sorted(path.name for path in (checkpoint / name).iterdir())
+        assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one shard per process
+    assert {"config.json", "preprocessor_config.json", "trainer_state.json", "scheduler.pt"} <= set(files)
+    assert checkpoint_problems(str(checkpoint)) == []
+
+
+def test_run_pretraining_resumes_a_sharded_checkpoint(pretraining_run):
+    full, resumed = logged_losses(pretraining_run / "full"), logged_losses(pretraining_run / "resumed")
+    assert sorted(full) == sorted(resumed) == list(range(1, STEPS + 1))  # steps 1-2 come from the checkpoint's state
+    results = read_json(pretraining_run / "resumed" / "train_results.json")
+    assert (results["resumed_from_step"], results["train_steps_in_this_run"]) == (SAVE_AT, STEPS - SAVE_AT)
+    assert max(full.values()) - min(full.values()) > 100 * LOSS_TOLERANCE  # the steps differ: a wrong resume would show
+    for step in range(SAVE_AT + 1, STEPS + 1):  # same weights, optimiser state, schedule and batches as the full run
+        assert abs(resumed[step] - full[step]) <= LOSS_TOLERANCE, f"step {step}: {resumed[step]} vs {full[step]}"
+
+
+def test_final_save_of_a_sharded_run_is_one_publishable_folder(pretraining_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from example_scripts import load_example
+    from hub_cards.checkpoint import load_checkpoint
+
+    output = pretraining_run / "full"
+    model, processor = load_checkpoint(output)  # what hub_cards/publish.py loads and validates first
+    assert model.config.num_hidden_layers == 2 and processor.n_clusters == 8
+    # the gathered weights are the last checkpoint's shards, merged here on one CPU without --config_from
+    merged = load_example("merge_fsdp_checkpoint").merge_fsdp_checkpoint(output / f"checkpoint-{STEPS}", tmp_path / "m")
+    assert isinstance(merged, IGPTForCausalImageModeling)
+    final_weights = load_file(output / "model.safetensors")
+    merged_weights = load_file(tmp_path / "m" / "model.safetensors")
+    assert sorted(final_weights) == sorted(merged_weights)
+    for name, tensor in merged_weights.items():
+        assert torch.equal(final_weights[name], tensor), name
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("pytorch_model_fsdp_0/__1_0.distcp", "no pytorch_model_fsdp_0/__1_0.distcp"),  # e.g. disks not shared
+        ("optimizer_0/.metadata", "no optimizer_0/.metadata"),
+        ("truncate optimizer_0/__0_0.distcp", "a truncated optimizer_0/__0_0.distcp"),
+        ("truncate pytorch_model_fsdp_0/.metadata", "an unreadable pytorch_model_fsdp_0/.metadata"),
+    ],
+)
+def test_an_incomplete_sharded_checkpoint_is_skipped_and_refused(pretraining_run, tmp_path, caplog, damage, problem):
+    import shutil
+    from types import SimpleNamespace
+
+    from modeling_igpt.training import resolve_checkpoint
+
+    complete = tmp_path / f"checkpoint-{SAVE_AT}"
+    shutil.copytree(pretraining_run / "full" / f"checkpoint-{SAVE_AT}", complete)
+    broken = tmp_path / f"checkpoint-{STEPS}"
+    shutil.copytree(pretraining_run / "full" / f"checkpoint-{STEPS}", broken)
+    if damage.startswith("truncate "):
+        with open(broken / damage.removeprefix("truncate "), "r+b") as file:
+            file.truncate(100)
+    else:
+        (broken / damage).unlink()
+    with caplog.at_level("WARNING"):
+        last = resolve_checkpoint(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(tmp_path)))
+    assert last == str(complete)
+    assert str(broken) in caplog.text and problem in caplog.text
+    with pytest.raises(ValueError, match=f"incomplete checkpoint \\({problem}"):
+        resolve_checkpoint(SimpleNamespace(resume_from_checkpoint=str(broken), output_dir=str(tmp_path)))
+
+
+def test_a_sharded_checkpoint_without_fsdp_is_refused_naming_what_to_do(pretraining_run, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from modeling_igpt.training import check_resumable
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = Trainer(model=new_model(seed=0), args=args)  # one process: no FSDP
+    checkpoint = str(pretraining_run / "full" / f"checkpoint-{SAVE_AT}")
+    with pytest.raises(ValueError, match="holds FSDP-sharded weights .* merge_fsdp_checkpoint.py"):
+        check_resumable(trainer, checkpoint)
+    check_resumable(trainer, None)
+
+
 def test_deepspeed_config_is_zero3_with_trainer_filled_values():
     """DeepSpeed needs CUDA and is not installed here: only the files' shape is checked (not DeepSpeed running)."""
     import yaml
@@ -252,4 +410,5 @@ def test_deepspeed_config_is_zero3_with_trainer_filled_values():
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1])
+    workers = {"accelerate_functions": accelerate_functions_worker, "run_pretraining": pretraining_worker}
+    workers[sys.argv[1]](sys.argv[2])
