@@ -87,6 +87,11 @@ class IGPTImageGenerationPipeline(Pipeline):
     def _model_folder_vqvae(self) -> IGPTVQVAEModel:
         """The VQ-VAE saved beside a prior on codes (its processor has no palette): `vqvae/` in the model's folder."""
         folder = self.model.name_or_path
+        if not folder:  # a model built in memory
+            raise ValueError(
+                f"{TASK}: the image processor has no palette, so the model reads VQ-VAE codes: pass vqvae= (the "
+                "IGPTVQVAEModel it was trained on, or its folder)"
+            )
         if not os.path.isdir(folder):
             raise ValueError(
                 f"The model {folder!r} reads VQ-VAE codes (its image processor has no palette) and is not a local "
