@@ -9,7 +9,7 @@ docs/scaling.md for what run_pretraining.py accepts). The run's final output fol
 to publish or evaluate an intermediate checkpoint, merge it:
 
     python examples/merge_fsdp_checkpoint.py RUN/checkpoint-N MERGED [--config_from RUN]
-    python hub_cards/publish.py MERGED --repo_id ORG/NAME --output_dir HUB_FOLDER
+    python -m hub_cards.publish MERGED --repo_id ORG/NAME --output_dir HUB_FOLDER
 
 The weights are gathered on one CPU by accelerate's `merge_fsdp_weights` (what `accelerate merge-weights` runs); the
 model config and the image processor (palette; `vqvae/` for VQ-VAE codes) are copied from the checkpoint (the

@@ -321,6 +321,15 @@ def make_image_grid(images, nrow: int = 8, padding: int = 2, pad_value: int = 0)
 SAVED_METADATA = ("image_processor_type", "feature_extractor_type", "processor_class", "_processor_class", "auto_map")
 
 
+def check_convert_rgb(do_convert_rgb: bool | None):
+    """Every image is made RGB (the palette's colour space): `do_convert_rgb=False` would be ignored, so it is refused."""
+    if do_convert_rgb is False:
+        raise ValueError(
+            "do_convert_rgb=False is not supported: the palette clusters RGB colours, so every image is converted to RGB "
+            "(grayscale and RGBA included)."
+        )
+
+
 class IGPTImageProcessor(PilBackend):
     r"""
     Image GPT image processor: any picture -> RGB -> resize -> nearest palette colour per pixel -> `input_ids` of
@@ -381,6 +390,7 @@ class IGPTImageProcessor(PilBackend):
             )
         super().__init__(clusters=clusters, **kwargs)
         self.clusters = self._check_clusters(self.clusters)
+        check_convert_rgb(self.do_convert_rgb)
 
     @classmethod
     def from_dict(cls, image_processor_dict, **kwargs):
@@ -432,6 +442,7 @@ class IGPTImageProcessor(PilBackend):
         # transformers checks `do_center_crop` against `crop_size` before any public hook runs, and has no public way
         # to say that this processor crops to `size` (its glpn, gemma4 and kimi_k25 processors override this too).
         super()._validate_preprocess_kwargs(**kwargs)
+        check_convert_rgb(kwargs.get("do_convert_rgb"))
         size = kwargs.get("size")
         if kwargs.get("do_resize") and not (size.height and size.width):
             raise ValueError(f"size must have 'height' and 'width', got {dict(size)}.")

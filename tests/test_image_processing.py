@@ -492,3 +492,15 @@ def test_colour_tables_are_bounded_and_clearing_them_keeps_the_ids():
     for processor, ids in zip(processors, before):
         np.testing.assert_array_equal(processor(images, return_tensors="np")["input_ids"], ids)
         np.testing.assert_array_equal(ids, reference_ids(np.stack(images), processor.clusters).reshape(64, -1))
+
+
+def test_do_convert_rgb_false_is_refused_not_ignored():
+    """Every image is made RGB; a request to skip that would silently not be honoured, so it is an error."""
+    palette = np.random.default_rng(0).uniform(-1, 1, (8, 3))
+    with pytest.raises(ValueError, match="do_convert_rgb=False is not supported"):
+        IGPTImageProcessor(clusters=palette, do_convert_rgb=False)
+    processor = IGPTImageProcessor(clusters=palette, size={"height": 4, "width": 4})
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="do_convert_rgb=False is not supported"):
+        processor(image, do_convert_rgb=False)
+    assert processor(image, do_convert_rgb=True)["input_ids"].shape == (1, 16)
