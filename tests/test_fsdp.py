@@ -389,7 +389,7 @@ def test_a_sharded_checkpoint_without_fsdp_is_refused_naming_what_to_do(pretrain
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     trainer = Trainer(model=new_model(seed=0), args=args)  # one process: no FSDP
     checkpoint = str(pretraining_run / "full" / f"checkpoint-{SAVE_AT}")
-    with pytest.raises(ValueError, match="holds FSDP-sharded weights .* merge_fsdp_checkpoint.py"):
+    with pytest.raises(ValueError, match="holds FSDP-sharded weights .*merge_fsdp_checkpoint.py"):
         check_resumable(trainer, checkpoint)
     check_resumable(trainer, None)
 

@@ -179,7 +179,7 @@ def test_a_vqvae_prior_without_its_vqvae_or_with_another_is_refused(vqvae_pipe, 
     with pytest.raises(ValueError, match="has no palette, so the model reads VQ-VAE codes: pass vqvae="):
         IGPTImageGenerationPipeline(model=prior, image_processor=vqvae_pipe.image_processor, device=-1)
     prior.name_or_path = "org/igpt-vq"  # as from_pretrained("org/igpt-vq") sets it: loaded from the Hub: vqvae/ is not on this disk at the model's commit
-    with pytest.raises(ValueError, match=r"'org/igpt-vq' reads VQ-VAE codes .* snapshot_download"):
+    with pytest.raises(ValueError, match=r"'org/igpt-vq' reads VQ-VAE codes .*snapshot_download"):
         IGPTImageGenerationPipeline(model=prior, image_processor=vqvae_pipe.image_processor, device=-1)
     with pytest.raises(ValueError, match=r"vocab_size=9 \(8 codes \+ 1 start token\) but the tokenizer has 16 codes"):
         IGPTImageGenerationPipeline(
