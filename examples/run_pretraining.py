@@ -108,8 +108,7 @@ def build_tokenizer(model_args: ModelArguments, training_args: TrainingArguments
         vqvae = IGPTVQVAEModel.from_pretrained(model_args.vqvae_model)
     source = model_args.image_processor_name or checkpoint or model_args.model_name_or_path
     if source is not None:
-        tokenizer = ImageTokenizer.from_pretrained(source)
-        return ImageTokenizer(tokenizer.processor, vqvae or tokenizer.vqvae, source=source)
+        return ImageTokenizer.from_pretrained(source, vqvae=vqvae)
     if vqvae is not None:
         size = vqvae.config.image_size
         return ImageTokenizer(IGPTImageProcessor(size={"height": size, "width": size}, do_color_quantize=False), vqvae)

@@ -42,11 +42,12 @@ class ImageTokenizer:
         self.source = source  # the folder it was loaded from, named in errors
 
     @classmethod
-    def from_pretrained(cls, path: str, **kwargs) -> "ImageTokenizer":
-        """The processor saved in the folder `path`, plus the VQ-VAE in `path/vqvae` when the model was trained on
-        codes. `kwargs` go to `AutoImageProcessor.from_pretrained` (e.g. trust_remote_code=True without the package)."""
+    def from_pretrained(cls, path: str, vqvae: IGPTVQVAEModel | None = None, **kwargs) -> "ImageTokenizer":
+        """The processor saved in the folder `path`, plus `vqvae` or else the VQ-VAE in `path/vqvae` when the model was
+        trained on codes (a Trainer checkpoint holds the processor only: give the VQ-VAE to resume from one).
+        `kwargs` go to `AutoImageProcessor.from_pretrained` (e.g. trust_remote_code=True without the package)."""
         processor = AutoImageProcessor.from_pretrained(path, **kwargs)
-        return cls(processor, load_vqvae(path), source=path)
+        return cls(processor, vqvae if vqvae is not None else load_vqvae(path), source=path)
 
     def check_fits(self, config, model_source: str | None = None):
         """ValueError naming both sources unless the model `config` reads this tokenizer's ids (the package's one rule:

@@ -157,8 +157,19 @@ def test_pretraining_on_vqvae_codes_and_sampling_decodes_them(tmp_path):
         "run_pretraining.py", *DIGITS, *QUIET, "--vqvae_model", str(tmp_path / "vqvae"), "--output_dir", str(tmp_path / "prior"),
         "--num_hidden_layers", "1", "--hidden_size", "32", "--num_attention_heads", "2", "--max_steps", "3",
         "--max_train_samples", "48", "--max_eval_samples", "16", "--per_device_train_batch_size", "16",
+        "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+    )  # fmt: skip
+    assert not (tmp_path / "prior" / "checkpoint-2" / "vqvae").exists()  # a Trainer checkpoint holds the processor only
+    run(
+        "run_pretraining.py", *DIGITS, *QUIET, "--vqvae_model", str(tmp_path / "vqvae"), "--output_dir",
+        str(tmp_path / "resumed"), "--resume_from_checkpoint", str(tmp_path / "prior" / "checkpoint-2"),
+        "--num_hidden_layers", "1", "--hidden_size", "32", "--num_attention_heads", "2", "--max_steps", "3",
+        "--max_train_samples", "48", "--max_eval_samples", "16", "--per_device_train_batch_size", "16",
         "--save_strategy", "no", "--eval_strategy", "no",
     )  # fmt: skip
+    results = read_json(tmp_path / "resumed" / "all_results.json")
+    assert (results["resumed_from_step"], results["train_steps_in_this_run"]) == (2, 1)  # steps 1-2: the checkpoint's
+    assert (tmp_path / "resumed" / "vqvae" / "config.json").exists()
     config = read_json(tmp_path / "prior" / "config.json")
     assert (config["vocab_size"], config["max_position_embeddings"]) == (33, 64)  # 32 codes + start, 8x8 latent grid
     assert (tmp_path / "prior" / "vqvae" / "config.json").exists()
