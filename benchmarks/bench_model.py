@@ -17,6 +17,7 @@ matmul rate measured in the same run.
 """
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -125,19 +126,21 @@ class CompiledBlocks:
         self.eager_blocks = self.trunk.h
         self.compiled_blocks = torch.nn.ModuleList(torch.compile(block, fullgraph=True) for block in self.eager_blocks)
 
-    def __call__(self, *args, **kwargs):
+    @contextlib.contextmanager
+    def blocks_compiled(self):
         self.trunk.h = self.compiled_blocks
         try:
-            return self.model(*args, **kwargs)
+            yield
         finally:
             self.trunk.h = self.eager_blocks
 
+    def __call__(self, *args, **kwargs):
+        with self.blocks_compiled():
+            return self.model(*args, **kwargs)
+
     def probe_features(self, input_ids):
-        self.trunk.h = self.compiled_blocks
-        try:
+        with self.blocks_compiled():
             return self.trunk.get_probe_features(input_ids)
-        finally:
-            self.trunk.h = self.eager_blocks
 
 
 def synchronize(device: str):
