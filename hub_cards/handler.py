@@ -15,9 +15,15 @@ image-classification pipeline does), a BERT or bare trunk [{"features": [...], "
 `inputs` may also be a PIL image (the endpoint decodes binary image requests into one) or a data URI. Bad requests raise
 a ValueError that names the problem.
 
+Images become tokens the way the checkpoint was trained: palette colours, or, for an autoregressive prior on VQ-VAE
+codes, the codes of the VQ-VAE in the checkpoint's `vqvae/` folder (loaded by its generation pipeline, whose sampled
+codes the VQ-VAE's decoder turns into pictures; features are read from the codes). A classifier or trunk on VQ-VAE
+codes is refused when loaded: publishing ships VQ-VAEs with autoregressive priors only.
+
 The Space app (`hub_cards/space/app.py`, `python -m hub_cards.space.app`) runs the same class through its typed
-methods (`sample`, `complete`, `classify`, `features`). This file imports only the standard library, torch, transformers and PIL, and loads the
-checkpoint's own code (trust_remote_code=True): an endpoint needs no igpt package.
+methods (`sample`, `complete`, `classify`, `features`, `reconstruct`). This file imports only the standard library,
+torch, transformers and PIL, and loads the checkpoint's own code (trust_remote_code=True): an endpoint needs no igpt
+package.
 """
 
 import base64
@@ -69,6 +75,15 @@ class EndpointHandler:
             self.model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
             self.processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=True)
         self.config = self.model.config
+        # Images <-> token ids: the generation pipeline's ImageTokenizer (palette colours, or the codes of the VQ-VAE it
+        # loads from the checkpoint's vqvae/ folder), else the processor's palette.
+        self.image_tokenizer = self.pipeline.image_tokenizer if self.kind == "generative" else None
+        if self.image_tokenizer is None and getattr(self.processor, "n_clusters", None) is None:
+            raise ValueError(
+                f"{path or 'The checkpoint'}: the image processor has no palette, so this {self.kind} model reads "
+                "VQ-VAE codes; a model on VQ-VAE codes is served only as an autoregressive prior "
+                "(IGPTForCausalImageModeling), whose generation pipeline loads the VQ-VAE from vqvae/"
+            )
 
     def __call__(self, data: dict) -> list[dict]:
         if not isinstance(data, dict):
@@ -126,8 +141,28 @@ class EndpointHandler:
         layers = self.config.num_hidden_layers
         if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer <= layers:
             raise ValueError(f"layer must be an integer in [0, {layers}] for this {layers}-layer model, got {layer!r}")
-        input_ids = self.processor(images, return_tensors="pt")["input_ids"]  # (B, H*W)
+        input_ids = self.tokenize(images)  # (B, N)
         return self.model.base_model.get_probe_features(input_ids, layers=layer)  # (B, d)
+
+    def tokenize(self, images: list[PIL.Image.Image]) -> torch.LongTensor:
+        """Images -> the token ids the model reads, (B, N): palette colours (N = H x W pixels) or, for a prior on
+        VQ-VAE codes, the VQ-VAE's codes (N = h x w, the code grid)."""
+        if self.image_tokenizer is not None:
+            return self.image_tokenizer(images)
+        return self.processor(images, return_tensors="pt")["input_ids"]
+
+    def reconstruct(self, images: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
+        """What the model sees of each image, as a picture of `image_size`: its palette colours, or the VQ-VAE's
+        reconstruction from its codes."""
+        token_ids = self.tokenize(images)  # (B, N)
+        if self.image_tokenizer is not None:
+            return self.image_tokenizer.decode(token_ids)
+        return self.processor.decode(token_ids)
+
+    @property
+    def vqvae(self):
+        """The VQ-VAE whose codes a prior reads (its `vqvae/` folder), or None for a model on palette colours."""
+        return self.image_tokenizer.vqvae if self.image_tokenizer is not None else None
 
     @property
     def default_layer(self) -> int:
@@ -135,8 +170,15 @@ class EndpointHandler:
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(height, width) of the pictures in and out: the processor's size (the VQ-VAE's input and output for a
+        prior on codes)."""
         size = self.processor.size
         return (size["height"], size["width"]) if isinstance(size, dict) else (size.height, size.width)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(height, width) of the token grid the model reads in raster order: the pixels, or the VQ-VAE's codes."""
+        return self.image_tokenizer.grid_size if self.image_tokenizer is not None else self.image_size
 
     def _check_generative(self, num_images):
         if self.kind != "generative":

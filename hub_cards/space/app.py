@@ -7,7 +7,9 @@ In a Space (written by `hub_cards.space.write_space`) the model comes from the `
 `IGPT_REVISION`), else from `space.json` beside this file. The tabs follow the checkpoint:
 
 - autoregressive (IGPTForCausalImageModeling): unconditional samples, image completion (keep the top rows of a photo,
-  sample the rest N times, shown beside the original), and nearest neighbours by probe features;
+  sample the rest N times, shown beside the original), and nearest neighbours by probe features. A prior on VQ-VAE
+  codes (the VQ-VAE in the checkpoint's `vqvae/` folder) samples and completes rows of codes; its pictures are the
+  VQ-VAE's decodings, and "the original" is the VQ-VAE's reconstruction of the photo;
 - classifier (IGPTForImageClassification): the top-5 labels of a photo;
 - BERT or bare trunk: nearest neighbours by probe features.
 
@@ -95,18 +97,19 @@ def enlarge(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.resize((image.width * scale, image.height * scale), PIL.Image.Resampling.NEAREST)
 
 
-class PixelProgress(BaseStreamer):
-    """A `generate()` streamer that moves a gradio progress bar as pixels are sampled, one update per image row."""
+class TokenProgress(BaseStreamer):
+    """A `generate()` streamer that moves a gradio progress bar as tokens (pixels or VQ-VAE codes, `unit`) are
+    sampled, one update per row of the token grid."""
 
-    def __init__(self, progress: gr.Progress, new_pixels: int, width: int):
-        self.progress, self.new_pixels, self.width, self.done = progress, new_pixels, width, 0
+    def __init__(self, progress: gr.Progress, new_tokens: int, width: int, unit: str = "pixels"):
+        self.progress, self.new_tokens, self.width, self.unit, self.done = progress, new_tokens, width, unit, 0
 
     def put(self, value):
-        if value.ndim > 1:  # transformers' loop first hands over the prompt; the pixels come one (B,) step at a time
+        if value.ndim > 1:  # transformers' loop first hands over the prompt; the tokens come one (B,) step at a time
             return
         self.done += 1
-        if self.done % self.width == 0 or self.done == self.new_pixels:
-            self.progress(self.done / self.new_pixels, desc=f"sampled {self.done} of {self.new_pixels} pixels")
+        if self.done % self.width == 0 or self.done == self.new_tokens:
+            self.progress(self.done / self.new_tokens, desc=f"sampled {self.done} of {self.new_tokens} {self.unit}")
 
     def end(self):
         pass
@@ -145,14 +148,19 @@ class Demo:
         ]
         self.tile_features = {}  # layer -> (tiles, d) unit-norm probe features
 
+    @property
+    def token_unit(self) -> str:
+        """What the model's tokens are: "pixels" (palette colours) or "codes" (a VQ-VAE's)."""
+        return "pixels" if self.handler.vqvae is None else "codes"
+
     def quantized(self, image: PIL.Image.Image) -> PIL.Image.Image:
-        """What the model sees: the photo resized and mapped to the checkpoint's palette."""
-        processor = self.handler.processor
-        return processor.decode(processor(image, return_tensors="pt")["input_ids"])[0]
+        """What the model sees: the photo resized and mapped to the checkpoint's palette, or the VQ-VAE's
+        reconstruction of the photo from its codes."""
+        return self.handler.reconstruct([image])[0]
 
     def sample(self, num_images, temperature, top_k, seed, progress=gr.Progress()):
-        height, width = self.handler.image_size
-        streamer = PixelProgress(progress, height * width, width)
+        height, width = self.handler.grid_size
+        streamer = TokenProgress(progress, height * width, width, self.token_unit)
         images = self.handler.sample(
             num_images=int(num_images), seed=int(seed), temperature=float(temperature), top_k=int(top_k),
             streamer=streamer,
@@ -160,20 +168,27 @@ class Demo:
         return [(enlarge(image), f"sample {index + 1}") for index, image in enumerate(images)]
 
     def complete(self, photo, rows_kept, num_images, temperature, top_k, seed, progress=gr.Progress()):
+        """`rows_kept` rows of the token grid (pixels, or a prior's VQ-VAE codes) kept, the rest sampled."""
         image = open_photo(photo)
-        height, width = self.handler.image_size
+        height, width = self.handler.grid_size
         rows_kept = int(rows_kept)
         if not 0 <= rows_kept < height:
-            raise ValueError(f"rows to keep must lie in [0, {height - 1}] for {height}-row images, got {rows_kept}")
+            raise ValueError(
+                f"rows to keep must lie in [0, {height - 1}] for {height} rows of {self.token_unit}, got {rows_kept}"
+            )
         original = self.quantized(image)
-        prompt = np.array(original)  # (H, W, 3)
-        prompt[rows_kept:] = 128
-        streamer = PixelProgress(progress, (height - rows_kept) * width, width)
+        prompt = np.array(original)  # (H, W, 3): the pixels of the kept rows of tokens stay, the rest goes grey
+        prompt[rows_kept * self.handler.image_size[0] // height :] = 128
+        streamer = TokenProgress(progress, (height - rows_kept) * width, width, self.token_unit)
         completions = self.handler.complete(
             image, num_images=int(num_images), prompt_fraction=rows_kept / height, seed=int(seed),
             temperature=float(temperature), top_k=int(top_k), streamer=streamer,
         )
-        shown = [(original, "original (palette)"), (PIL.Image.fromarray(prompt), f"top {rows_kept} rows kept")]
+        if self.handler.vqvae is None:
+            shown = [(original, "original (palette)"), (PIL.Image.fromarray(prompt), f"top {rows_kept} rows kept")]
+        else:
+            shown = [(original, "original (VQ-VAE reconstruction)"),
+                     (PIL.Image.fromarray(prompt), f"top {rows_kept} of {height} code rows kept")]
         shown += [(completion, f"completion {index + 1}") for index, completion in enumerate(completions)]
         return [(enlarge(picture), caption) for picture, caption in shown]
 
@@ -206,13 +221,22 @@ def cut_into_tiles(image: PIL.Image.Image, rows: int, columns: int):
 def build_demo(handler: EndpointHandler, name: str) -> gr.Blocks:
     """The app for one loaded checkpoint; its tabs follow `handler.kind`."""
     demo_state = Demo(handler, name)
-    config, (height, width) = handler.config, handler.image_size
+    config, (height, width), (grid_height, grid_width) = handler.config, handler.image_size, handler.grid_size
+    if handler.vqvae is None:
+        tokens = f"{height} x {width} images, a {config.vocab_size - 1}-colour palette, pixels in raster order"
+        rows_label = f"Rows to keep (of {grid_height})"
+    else:
+        tokens = (
+            f"{height} x {width} images as a {grid_height} x {grid_width} grid of VQ-VAE codes from a "
+            f"{config.vocab_size - 1}-code codebook, codes in raster order (the VQ-VAE's decoder draws the pictures)"
+        )
+        rows_label = f"Rows of codes to keep (of {grid_height}; each is {height // grid_height} pixel rows)"
     examples = [[str(path)] for path in demo_state.examples.values()]
     with gr.Blocks(title=f"Image GPT: {name}", analytics_enabled=False) as demo:
         gr.Markdown(
             f"# {name}\n**Image GPT** ({handler.kind} checkpoint, {handler.model.num_parameters():,} parameters, "
-            f"{config.num_hidden_layers} layers): {height} x {width} images, a {config.vocab_size - 1}-colour palette, "
-            "pixels in raster order. Chen et al., *Generative Pretraining from Pixels* (ICML 2020)."
+            f"{config.num_hidden_layers} layers): {tokens}. Chen et al., *Generative Pretraining from Pixels* "
+            "(ICML 2020)."
         )
         if handler.kind == "generative":
             with gr.Tab("Samples", id="samples"):
@@ -230,7 +254,7 @@ def build_demo(handler: EndpointHandler, name: str) -> gr.Blocks:
                     with gr.Column():
                         photo = photo_picker("complete", examples)
                     with gr.Column():
-                        rows_kept = gr.Slider(0, height - 1, value=height // 2, step=1, label=f"Rows to keep (of {height})")
+                        rows_kept = gr.Slider(0, grid_height - 1, value=grid_height // 2, step=1, label=rows_label)
                         num_completions = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Completions")
                         temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
                         top_k = gr.Slider(0, config.vocab_size - 1, value=min(64, config.vocab_size - 1), step=1,
