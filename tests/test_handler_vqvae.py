@@ -129,7 +129,7 @@ def test_a_classifier_on_vqvae_codes_is_refused_by_name(answers):
     assert "served only as an autoregressive prior" in answers["classifier"]["error"]
 
 
-# --- The Space app ------------------------------------------------------------------------------------------------------
+# --- The Space app ----------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
