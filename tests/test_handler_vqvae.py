@@ -23,7 +23,7 @@ from hub_cards.handler import EndpointHandler
 from hub_cards.publish import write_repository
 from hub_cards.space import app, write_handler
 from hub_cards.validation import run_python
-from modeling_igpt import IGPTForImageClassification
+from modeling_igpt import IGPTForImageClassification, IGPTForMaskedImageModeling
 from modeling_igpt.pipeline_igpt import IGPTImageGenerationPipeline
 
 
@@ -169,3 +169,15 @@ def test_space_describes_vqvae_codes_not_a_palette(demo):
     assert any("12 x 12 images as a 6 x 6 grid of VQ-VAE codes from a 16-code codebook" in text for text in texts)
     assert not any("palette" in text for text in texts)
     assert "Rows of codes to keep (of 6; each is 2 pixel rows)" in labels
+
+
+def test_a_palette_trunk_reconstructs_its_palette_colours(tmp_path, tiny_model, tiny_processor):
+    """The other side of `EndpointHandler.reconstruct`: a trunk has no pipeline, its processor's palette is the
+    tokenizer."""
+    processor = tiny_processor()
+    tiny_model(IGPTForMaskedImageModeling, vocab_size=9, objective="bert").save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    handler = EndpointHandler(str(tmp_path))
+    expected = processor.decode(processor(PHOTO, return_tensors="pt")["input_ids"], output_type="np")[0]
+    assert handler.vqvae is None and handler.grid_size == handler.image_size == (6, 6)
+    assert np.array_equal(np.asarray(handler.reconstruct([PHOTO])[0]), expected)
