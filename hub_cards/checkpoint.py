@@ -35,8 +35,9 @@ def check_checkpoint(folder: Path):
         raise FileNotFoundError(f"{folder} has no model.safetensors")
     if not (folder / "preprocessor_config.json").is_file():
         raise FileNotFoundError(
-            f"{folder} has no preprocessor_config.json: the image processor (its colour palette) must ship with the "
-            "model. Fit one with `python -m image_processing` and save_pretrained it into the checkpoint."
+            f"{folder} has no preprocessor_config.json: the image processor (its colour palette, or for a "
+            "prior on VQ-VAE codes its resizing) must ship with the model. Fit a palette with `python -m image_processing` "
+            "and save_pretrained the processor into the checkpoint."
         )
 
 
