@@ -47,7 +47,13 @@ class ImageTokenizer:
         trained on codes (a Trainer checkpoint holds the processor only: give the VQ-VAE to resume from one).
         `kwargs` go to `AutoImageProcessor.from_pretrained` (e.g. trust_remote_code=True without the package)."""
         processor = AutoImageProcessor.from_pretrained(path, **kwargs)
-        return cls(processor, vqvae if vqvae is not None else load_vqvae(path), source=path)
+        saved = load_vqvae(path)
+        if vqvae is not None and saved is not None and not same_weights(vqvae, saved):
+            raise ValueError(
+                f"{path} holds its own VQ-VAE ({VQVAE_FOLDER}/) and a different one was given: the model's codes come "
+                "from the saved one; give that one, or none"
+            )
+        return cls(processor, vqvae if vqvae is not None else saved, source=path)
 
     def check_fits(self, config, model_source: str | None = None):
         """ValueError naming both sources unless the model `config` reads this tokenizer's ids (the package's one rule:
@@ -100,6 +106,15 @@ class ImageTokenizer:
 
     def decode_grid(self, token_ids: torch.LongTensor, nrow: int = 8) -> Image.Image:
         return self.processor.decode_grid(self.decode(token_ids), nrow=nrow)
+
+
+def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    """Whether two models hold the same tensors under the same names."""
+    first_state, second_state = first.state_dict(), second.state_dict()
+    return first_state.keys() == second_state.keys() and all(
+        first_state[name].shape == second_state[name].shape and torch.equal(first_state[name], second_state[name])
+        for name in first_state
+    )
 
 
 def load_vqvae(path: str) -> IGPTVQVAEModel | None:
