@@ -16,7 +16,14 @@ from PIL import Image
 
 from example_scripts import EXAMPLES, load_example
 from image_processing.data import DataArguments, digits_dataset, load_image_splits
-from modeling_igpt import ImageTokenizer, PretrainingCollator, bits_per_dim, model_inputs, random_pad_crop_flip
+from modeling_igpt import (
+    IGPTForCausalImageModeling,
+    ImageTokenizer,
+    PretrainingCollator,
+    bits_per_dim,
+    model_inputs,
+    random_pad_crop_flip,
+)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +88,6 @@ def test_pretraining_lowers_validation_loss_and_saves_model_processor_and_card(p
     results = read_json(pretrained / "eval_results.json")
     assert math.isclose(results["eval_bits_per_dim"], results["eval_loss"] / math.log(2), rel_tol=1e-9)
 
-    from modeling_igpt import IGPTForCausalImageModeling
-
     model = IGPTForCausalImageModeling.from_pretrained(pretrained)
     tokenizer = ImageTokenizer.from_pretrained(str(pretrained))
     assert tokenizer.num_tokens <= 8 and model.config.vocab_size == tokenizer.vocab_size
@@ -113,6 +118,32 @@ def test_resume_from_checkpoint_continues_the_same_run(tmp_path):
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]  # steps 1-3 come from the checkpoint's state
     for step in (4, 5, 6):
         assert math.isclose(resumed[step], full[step], rel_tol=1e-4), (step, resumed[step], full[step])
+
+
+@pytest.mark.slow
+def test_compiled_pretraining_matches_eager_and_saves_a_plain_model(tmp_path):
+    """`--torch_compile true` (the reproduction's cpu preset) trains the same model as eager: the same losses step by
+    step, and a saved folder that loads with the same parameter names and values (no compile wrapper's prefixes)."""
+    common = [*DIGITS, *TINY_MODEL, *QUIET, "--max_steps", "5", "--per_device_train_batch_size", "16",
+              "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1", "--max_train_samples", "80",
+              "--learning_rate", "3e-3"]  # fmt: skip
+    for mode in ("false", "true"):
+        run("run_pretraining.py", *common, "--torch_compile", mode, "--output_dir", str(tmp_path / mode))
+
+    def losses(name):
+        history = read_json(tmp_path / name / "trainer_state.json")["log_history"]
+        return [entry["loss"] for entry in history if "loss" in entry]
+
+    eager, compiled = losses("false"), losses("true")
+    assert len(eager) == len(compiled) == 5
+    for step, (ours, theirs) in enumerate(zip(compiled, eager), start=1):
+        assert math.isclose(ours, theirs, rel_tol=1e-3), (step, ours, theirs)
+    eager_model = IGPTForCausalImageModeling.from_pretrained(tmp_path / "false")
+    compiled_model = IGPTForCausalImageModeling.from_pretrained(tmp_path / "true")
+    eager_weights, compiled_weights = eager_model.state_dict(), compiled_model.state_dict()
+    assert compiled_weights.keys() == eager_weights.keys()
+    for name, weight in compiled_weights.items():
+        torch.testing.assert_close(weight, eager_weights[name], atol=1e-4, rtol=1e-3, msg=name)
 
 
 @pytest.mark.slow
