@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     layers = parse_layers(probe_args.layers, model.config.num_hidden_layers)
     splits = load_image_splits(data_args, seed=probe_args.seed, with_labels=True, with_test=True)
 
-    started = time.time()
+    started = time.perf_counter()
     labels = {name: np.asarray(splits.splits[name][splits.label_column]) for name in SPLITS}
 
     def extract_all(trunk) -> dict[str, np.ndarray]:
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
     if test_masks:
         results["num_masks"] = probe_args.num_masks
         results["best_layer_test_accuracy_mask_ensemble"] = results["layers"][best]["test_accuracy_mask_ensemble"]
-    results["seconds"] = {"probe": round(time.time() - started, 1)}
+    results["seconds"] = {"probe": round(time.perf_counter() - started, 1)}
 
     if probe_args.concat_layers > 1:
         low = max(0, min(best - probe_args.concat_layers // 2, len(layers) - probe_args.concat_layers))
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     pixels = None
     if "raw_pixels" in probe_args.baseline_names:
-        baseline_started = time.time()
+        baseline_started = time.perf_counter()
         pixels = {  # (N, 1, 3*H*W): one "layer" of raw pixels
             name: extract_pixels(tokenizer, splits.splits[name], splits.image_column, probe_args.batch_size)[:, None]
             for name in SPLITS
@@ -298,10 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
         raw = probe([0], inputs=pixels)
         results["raw_pixels"] = {"num_features": pixels["train"].shape[-1], **raw}
         results["raw_pixels_test_accuracy"] = raw["test_accuracy"]
-        results["seconds"]["raw_pixels"] = round(time.time() - baseline_started, 1)
+        results["seconds"]["raw_pixels"] = round(time.perf_counter() - baseline_started, 1)
         logger.info("raw pixels: %s", results["raw_pixels"])
     if "random_init" in probe_args.baseline_names:
-        baseline_started = time.time()
+        baseline_started = time.perf_counter()
         set_seed(probe_args.seed)  # the same seed policy as a new model in run_pretraining.py
         untrained = type(model)(model.config).to(device).eval()  # same configuration, shape and palette; no training
         entries, random_best = probe_every_layer(extract_all(untrained), "random init")
@@ -309,11 +309,11 @@ def main(argv: list[str] | None = None) -> dict:
         results["random_init_test_accuracy_by_layer"] = {str(entry["layer"]): entry["test_accuracy"] for entry in entries}
         results["random_init_best_layer"] = layers[random_best]
         results["random_init_best_test_accuracy"] = entries[random_best]["test_accuracy"]
-        results["seconds"]["random_init"] = round(time.time() - baseline_started, 1)
+        results["seconds"]["random_init"] = round(time.perf_counter() - baseline_started, 1)
         del untrained
 
     results["low_data"] = []
-    low_data_started = time.time()
+    low_data_started = time.perf_counter()
     rng = np.random.default_rng(probe_args.seed)
     for per_class in probe_args.low_data_sizes:
         subsets = [low_data_subset(labels["train"], per_class, rng) for _ in range(probe_args.low_data_subsets)]
@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["low_data"].append(entry)
         logger.info("%d labels per class: %.4f +- %.4f", per_class, np.mean(accuracies), np.std(accuracies))
     if probe_args.low_data_sizes:
-        results["seconds"]["low_data"] = round(time.time() - low_data_started, 1)
-    results["wall_time_seconds"] = round(time.time() - started, 1)
+        results["seconds"]["low_data"] = round(time.perf_counter() - low_data_started, 1)
+    results["wall_time_seconds"] = round(time.perf_counter() - started, 1)
 
     os.makedirs(probe_args.output_dir, exist_ok=True)
     with open(os.path.join(probe_args.output_dir, "probe_results.json"), "w") as file:

@@ -165,9 +165,9 @@ def parse_args(argv: list[str] | None):
 def run_step(name: str, title: str, script: str, arguments: list[str]) -> float:
     """Run `examples/<script>` with `arguments` in its own process, as a user would; return its wall time in seconds."""
     print(f"\n=== {title}\n    python examples/{script} {shlex.join(arguments)}\n", flush=True)
-    started = time.time()
+    started = time.perf_counter()
     completed = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *arguments])  # output streamed
-    seconds = round(time.time() - started, 1)
+    seconds = round(time.perf_counter() - started, 1)
     if completed.returncode != 0:
         raise StepFailedError(
             f"Step {name!r} failed: examples/{script} exited with status {completed.returncode} after {seconds:.0f} s "
@@ -237,7 +237,7 @@ def finetune_summary(output_dir: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args, settings = parse_args(argv)
-    started = time.time()
+    started = time.perf_counter()
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
     data = ["--dataset_name", args.dataset_name] if args.dataset_name else ["--train_file", args.train_file]
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
             "torch_threads": torch.get_num_threads(),
             "accelerator": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },
-        "wall_time_seconds": round(time.time() - started, 1),
+        "wall_time_seconds": round(time.perf_counter() - started, 1),
     })  # fmt: skip
     with open(f"{out}/results.json", "w") as file:
         json.dump(results, file, indent=2)
