@@ -109,11 +109,11 @@ class ImageTokenizer:
 
 
 def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
-    """Whether two models hold the same tensors under the same names."""
+    """Whether two models hold the same tensors under the same names, wherever each lives (a VQ-VAE given on the GPU
+    is compared with the one loaded from disk on the CPU)."""
     first_state, second_state = first.state_dict(), second.state_dict()
     return first_state.keys() == second_state.keys() and all(
-        first_state[name].shape == second_state[name].shape and torch.equal(first_state[name], second_state[name])
-        for name in first_state
+        torch.equal(tensor, second_state[name].to(tensor.device)) for name, tensor in first_state.items()
     )
 
 
