@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from joblib import Parallel, delayed  # noqa: E402
+from joblib import Parallel, cpu_count, delayed  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -154,7 +154,7 @@ def fit_probe(train_x, train_y, validation_x, validation_y, regularization, max_
 
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fitted = Parallel(n_jobs=min(len(regularization), os.cpu_count() or 1), backend="threading")(
+        fitted = Parallel(n_jobs=min(len(regularization), cpu_count()), backend="threading")(  # CPUs this process may use
             delayed(fit)(strength) for strength in regularization
         )
     return max(fitted, key=lambda entry: entry[2])  # the first C of best validation accuracy
