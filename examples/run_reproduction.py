@@ -78,13 +78,15 @@ PRESETS = {
     # Pretraining is compiled (the Trainer's `torch_compile`: the same losses; 0.29 s a step instead of 0.45 here after
     # ~30 s of compilation), so the minutes that bought 2,700 eager steps buy 3,900; then the probes' fits ran one
     # thread each, side by side (a final probe 235 s instead of 593 s here), and the freed minutes bought 6,000 steps.
+    # The probes' L-BFGS runs run_linear_probe.py's 1,000 iterations: at 300 it stopped unconverged, and the numbers
+    # moved with the threads' summation order (docs/reproduction.md).
     "cpu": {
         "image_size": 8, "n_clusters": 64, "num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4,
         "max_steps": 6000, "checkpoints": 3, "per_device_train_batch_size": 64, "learning_rate": 3e-3,
         "torch_compile": True,
         "bert_learning_rate": 3e-3, "palette_max_pixels": 500000, "max_eval_samples": 2000,
         "checkpoint_probe_train_samples": 5000, "probe_train_samples": 20000, "regularization": "0.01,0.1,1,10,100",
-        "max_iter": 300, "batch_size": 256,
+        "max_iter": 1000, "batch_size": 256,
         "finetune_max_steps": 1053, "finetune_eval_steps": 117, "finetune_learning_rate": 3e-4, "early_stopping_patience": 3,
         "finetune_augment": True,
         "low_data_labels_per_class": "4,25,400",
@@ -99,7 +101,7 @@ PRESETS = {
         "torch_compile": False,
         "bert_learning_rate": 3e-3, "palette_max_pixels": 2000000, "max_eval_samples": 2000,
         "checkpoint_probe_train_samples": 5000, "probe_train_samples": 20000, "regularization": "0.01,0.1,1,10,100",
-        "max_iter": 500, "batch_size": 512,
+        "max_iter": 1000, "batch_size": 512,
         "finetune_max_steps": 1000, "finetune_eval_steps": 200, "finetune_learning_rate": 3e-4, "early_stopping_patience": 3,
         "finetune_augment": True,
         "low_data_labels_per_class": "4,25,400",
