@@ -72,9 +72,10 @@ PRESETS = {
         "finetune_augment": False,  # a mirrored digit is often another digit; the paper's flips are for CIFAR photos
         "low_data_labels_per_class": "4,25",
     },
-    # At most 45 minutes on a 2-core CPU for CIFAR-10 without the flags (docs/reproduction.md: what it measured). 8x8
-    # rather than 16x16 was chosen on validation (docs/reproduction.md): raw pixels score about the same at both sizes,
-    # and at 8x8 the budget trains on 4x as many images, which lifted the probe more than width or resolution did.
+    # 37 minutes on the 2-core CPU for CIFAR-10 without the flags, for a target of 45; about 46 at the host's slowest
+    # step time (docs/reproduction.md). 8x8 rather than 16x16 was chosen on validation: raw pixels score about the same
+    # at both sizes, and at 8x8 the budget trains on 4x as many images, which lifted the probe more than width or
+    # resolution did.
     # Pretraining is compiled (the Trainer's `torch_compile`: the same losses; 0.29 s a step instead of 0.45 here after
     # ~30 s of compilation), so the minutes that bought 2,700 eager steps buy 3,900; then the probes' fits ran one
     # thread each, side by side (a final probe 235 s instead of 593 s here), and the freed minutes bought 6,000 steps.
