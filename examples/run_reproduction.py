@@ -72,15 +72,11 @@ PRESETS = {
         "finetune_augment": False,  # a mirrored digit is often another digit; the paper's flips are for CIFAR photos
         "low_data_labels_per_class": "4,25",
     },
-    # 37 minutes on the 2-core CPU for CIFAR-10 without the flags, for a target of 45; about 46 at the host's slowest
-    # step time (docs/reproduction.md). 8x8 rather than 16x16 was chosen on validation: raw pixels score about the same
-    # at both sizes, and at 8x8 the budget trains on 4x as many images, which lifted the probe more than width or
-    # resolution did.
-    # Pretraining is compiled (the Trainer's `torch_compile`: the same losses; 0.29 s a step instead of 0.45 here after
-    # ~30 s of compilation), so the minutes that bought 2,700 eager steps buy 3,900; then the probes' fits ran one
-    # thread each, side by side (a final probe 235 s instead of 593 s here), and the freed minutes bought 6,000 steps.
-    # The probes' L-BFGS runs run_linear_probe.py's 1,000 iterations: at 300 it stopped unconverged, and the numbers
-    # moved with the threads' summation order (docs/reproduction.md).
+    # The study in 37 minutes on the 2-core CPU for CIFAR-10 without the flags (target 45; about 46 at the host's
+    # slowest step time). Every choice was made on validation (docs/reproduction.md, how the preset was chosen): 8x8
+    # rather than 16x16 (raw pixels score about the same, and the budget trains on 4x as many images), compiled
+    # pretraining, 6,000 steps; a higher lr, 128 colours, 6 layers or d=256 did no better for the time. The probes
+    # run L-BFGS to run_linear_probe.py's default 1,000 iterations (at 300 it stopped unconverged).
     "cpu": {
         "image_size": 8, "n_clusters": 64, "num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4,
         "max_steps": 6000, "checkpoints": 3, "per_device_train_batch_size": 64, "learning_rate": 3e-3,
